@@ -1,0 +1,47 @@
+# GadSynth: `make run` and `make test` each set up everything on a fresh machine, then run.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SAMPLE := sample
+# Holoscan (MONAI Deploy's runtime) asks for a larger stack; harmless elsewhere.
+ULIMIT := ulimit -s 32768 2>/dev/null || true;
+
+.PHONY: setup system venv run test lint typecheck pytest bench clean
+
+setup: system venv
+
+system:
+	@bash scripts/setup-system.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: GadSynth needs Python 3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+run: setup
+	@$(ULIMIT) $(BIN)/gadsynth phantom --seed 1 --out $(SAMPLE)/study
+	@echo "Sample phantom study written to $(SAMPLE)/study (DICOM in $(SAMPLE)/study/dicom, ground truth in $(SAMPLE)/study/truth)"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: setup
+	@$(ULIMIT) $(BIN)/pytest
+
+test: setup lint typecheck pytest
+
+bench: setup
+	@$(ULIMIT) $(BIN)/gadsynth bench --out bench-results
+
+clean:
+	rm -rf $(VENV) $(SAMPLE) bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,45 @@
+"""The `gadsynth` command line: one subcommand per task, each with --help.
+
+Subcommands live beside the code they drive and are registered here; imports are lazy so that
+`gadsynth --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+__all__ = ["cli", "main"]
+
+cli = typer.Typer(
+    name="gadsynth",
+    help="GadSynth: synthetic contrast-enhanced brain MRI (research use, not for diagnosis).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@cli.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _register() -> None:
+    from training.phantom.cli import phantom
+
+    cli.command("phantom", help="Simulate one subject's brain MRI exam as a DICOM study plus ground truth.")(phantom)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,1 @@
+"""Phantom simulator, datasets, networks, training, ONNX export and evaluation."""
