@@ -21,12 +21,17 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: GadSynth needs Python 3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,train]'
 	@touch $@
 
 run: setup
-	@$(ULIMIT) $(BIN)/gadsynth phantom --seed 1 --out $(SAMPLE)/study
-	@echo "Sample phantom study written to $(SAMPLE)/study (DICOM in $(SAMPLE)/study/dicom, ground truth in $(SAMPLE)/study/truth)"
+	@if [ ! -d $(SAMPLE)/study/dicom ]; then \
+	  $(ULIMIT) $(BIN)/gadsynth phantom --seed 1 --out $(SAMPLE)/study; \
+	fi
+	@$(ULIMIT) $(BIN)/gadsynth run $(SAMPLE)/study/dicom $(SAMPLE)/output --preview
+	@echo "Sample study:  $(SAMPLE)/study/dicom (ground truth in $(SAMPLE)/study/truth)"
+	@echo "Outputs:       $(SAMPLE)/output (synthetic_t1c/, seg/, report.json)"
+	@echo "Preview:       $(SAMPLE)/output/preview.png"
 
 lint: venv
 	$(BIN)/ruff check .

@@ -36,6 +36,18 @@ def _register() -> None:
 
     cli.command("phantom", help="Simulate one subject's brain MRI exam as a DICOM study plus ground truth.")(phantom)
 
+    from app.ingest_cli import register as register_ingest
+
+    register_ingest(cli)
+
+    from app.run_cli import run
+
+    cli.command("run", help="Run the pipeline once on a study folder (same as python -m app).")(run)
+
+    from app.bench.cli import bench
+
+    cli.command("bench", help="Speed and memory benchmarks; JSON plus a Markdown table.")(bench)
+
 
 _register()
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 __all__ = [
+    "CorruptFileError",
     "InconsistentGeometryError",
     "InputDicomError",
+    "MultipleStudiesError",
     "NoMatchingSeriesError",
     "NoStudyError",
     "RegistrationError",
+    "UnsupportedImageError",
     "UnsupportedTransferSyntaxError",
     "describe_series",
 ]
@@ -77,6 +80,18 @@ class InconsistentGeometryError(InputDicomError):
 
 class UnsupportedTransferSyntaxError(InputDicomError):
     """Pixel data is encoded in a transfer syntax that no installed decoder handles."""
+
+
+class CorruptFileError(InputDicomError):
+    """A file of a selected series cannot be read completely (truncated transfer, damaged pixel data)."""
+
+
+class UnsupportedImageError(InputDicomError):
+    """A selected series holds pixels the pipeline cannot use (colour, more than one sample per pixel, ...)."""
+
+
+class MultipleStudiesError(InputDicomError):
+    """The input folder holds more than one study and none was named."""
 
 
 class RegistrationError(InputDicomError):

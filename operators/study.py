@@ -27,13 +27,18 @@ __all__ = [
 
 @dataclass
 class Instance:
-    """One DICOM file of an image series; ``dataset`` holds the header only (pixel data is read on demand)."""
+    """One DICOM file of an image series; ``dataset`` holds the header only (pixel data is read on demand).
+
+    ``pixel_data_offset`` is the byte offset of the (7FE0,0010) Pixel Data element in the file when the loader
+    knows it; the volume builder then reads native (uncompressed) pixels without parsing the header again.
+    """
 
     path: Path
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax_uid: str
     dataset: Dataset
+    pixel_data_offset: int | None = None
 
 
 @dataclass

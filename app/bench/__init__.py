@@ -1,0 +1,1 @@
+"""Benchmarks: speed of each pipeline stage against its reference implementation."""

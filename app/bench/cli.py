@@ -1,0 +1,116 @@
+"""`gadsynth bench`: speed and memory benchmarks on this machine; JSON plus a short Markdown table."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+__all__ = ["bench", "bench_pipeline"]
+
+logger = logging.getLogger(__name__)
+
+SECTIONS = ("phantom", "ingest", "pipeline")
+
+
+def _run_child(command: list[str]) -> tuple[float, int, float]:
+    """Run a command; return (wall seconds, exit code, peak resident memory of that process in MiB)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if process.stderr is not None:
+        process.stderr.close()
+    return wall, os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024.0
+
+
+def bench_pipeline(work_dir: Path, *, seed: int = 1, model: str | None = None) -> dict[str, Any]:
+    """End-to-end time of `python -m app` on the standard full-size phantom study, per stage and peak memory.
+
+    The pipeline runs in a child process so that its peak resident memory is its own (phantom generation is
+    not counted).
+    """
+    from training.phantom import PhantomOptions, generate_study
+
+    study_dir = work_dir / "phantom-full"
+    if not (study_dir / "dicom").is_dir():
+        generate_study(PhantomOptions(seed=seed, size="full"), study_dir)
+    out_dir = work_dir / "pipeline-out"
+    command = [sys.executable, "-m", "app", "-i", str(study_dir / "dicom"), "-o", str(out_dir), "-l", "WARNING"]
+    if model:
+        command += ["--model-name", model]
+    wall, code, peak_mib = _run_child(command)
+    report = json.loads((out_dir / "report.json").read_text())
+    timings: dict[str, float] = report.get("timings_s", {})
+    inference = timings.get("infer", 0.0)
+    return {
+        "status": report.get("status"),
+        "exit_code": code,
+        "model": (report.get("model") or {}).get("name"),
+        "wall_s": round(wall, 2),
+        "stages_s": timings,
+        "stages_total_s": round(sum(timings.values()), 2),
+        "non_inference_s": round(sum(timings.values()) - inference, 2),
+        "inference_s": inference,
+        "peak_rss_mib": round(peak_mib, 1),
+        "onnx_vs_pytorch": "not applicable: the model has no PyTorch weights (physics baseline)",
+    }
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    lines = ["| benchmark | figure | value |", "| --- | --- | --- |"]
+    for section, figures in results.items():
+        if not isinstance(figures, dict):
+            continue
+        for key, value in figures.items():
+            if isinstance(value, dict):
+                for sub, sub_value in value.items():
+                    lines.append(f"| {section} | {key}.{sub} | {sub_value} |")
+            else:
+                lines.append(f"| {section} | {key} | {value} |")
+    return "\n".join(lines) + "\n"
+
+
+def bench(
+    out: Path = typer.Option(Path("bench-results"), "--out", help="Folder for bench.json and bench.md."),
+    only: str = typer.Option(",".join(SECTIONS), "--only", help=f"Comma-separated sections from {SECTIONS}."),
+    work_dir: Path | None = typer.Option(None, "--work-dir", help="Scratch folder (default: a temporary one)."),
+) -> None:
+    """Time the phantom, the ingest (against MONAI Deploy's stock operators) and the whole pipeline."""
+    sections = [s.strip() for s in only.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise typer.BadParameter(f"Unknown sections {unknown}; choose from {SECTIONS}.", param_hint="--only")
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    }
+    with tempfile.TemporaryDirectory(prefix="gadsynth-bench-") as scratch:
+        work = work_dir or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        if "phantom" in sections:
+            from app.bench.phantom import bench_phantom
+
+            typer.echo("bench: phantom (full-size six-series study)...", err=True)
+            results["phantom"] = bench_phantom(work / "phantom-bench")
+        if "ingest" in sections:
+            from app.bench.ingest import bench_ingest
+
+            typer.echo("bench: ingest (ours vs MONAI Deploy stock operators)...", err=True)
+            results["ingest"] = bench_ingest(work / "ingest-bench")
+        if "pipeline" in sections:
+            typer.echo("bench: pipeline end to end (full-size phantom study)...", err=True)
+            results["pipeline"] = bench_pipeline(work)
+    (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "bench.md").write_text(_markdown(results))
+    typer.echo(json.dumps(results, indent=2))
+    typer.echo(f"Written {out / 'bench.json'} and {out / 'bench.md'}", err=True)

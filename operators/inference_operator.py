@@ -1,0 +1,400 @@
+"""ONNX Runtime inference: cached sessions, provider choice, sliding window with Gaussian blending, flip TTA."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from operators.model_manifest import ModelManifest
+from operators.normalization_operator import NormalizedInputs
+
+__all__ = [
+    "PROVIDER_PRIORITY",
+    "InferenceOperator",
+    "InferenceSettings",
+    "Prediction",
+    "gaussian_importance",
+    "get_session",
+    "infer",
+    "predict_volume",
+    "select_providers",
+    "sliding_window",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Execution providers in order of preference; the first available ones are used.
+PROVIDER_PRIORITY: tuple[str, ...] = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_GPU_PROVIDERS = frozenset(PROVIDER_PRIORITY[:2])
+
+RunFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How inference runs (all optional; the manifest gives the model's own defaults).
+
+    Parameters
+    ----------
+    providers:
+        ONNX Runtime execution providers in order; None picks by availability (TensorRT > CUDA > CPU).
+    intra_op_threads:
+        Threads inside one operator (0 = ONNX Runtime's default, one per physical core).
+    inter_op_threads:
+        Threads across independent operators.
+    tta:
+        Average the 8 axis-flip combinations; None = on with a GPU provider, off on CPU (8x the time).
+    overlap:
+        Sliding-window overlap in [0, 1); None = the manifest's ``patch_overlap``.
+    batch_size:
+        Patches per ONNX call; None = the manifest's ``batch_size``.
+    """
+
+    providers: tuple[str, ...] | None = None
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    tta: bool | None = None
+    overlap: float | None = None
+    batch_size: int | None = None
+
+
+@dataclass
+class Prediction:
+    """The model's output on the t1_pre grid (first output channel), with how it was obtained."""
+
+    output: np.ndarray
+    model_name: str
+    model_version: str
+    model_sha256: str
+    providers: list[str]
+    tta: bool
+    patches: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary for report.json (without the array)."""
+        return {
+            "model": self.model_name,
+            "version": self.model_version,
+            "sha256": self.model_sha256,
+            "providers": list(self.providers),
+            "tta": self.tta,
+            "patches": self.patches,
+            "seconds": self.seconds,
+        }
+
+
+def select_providers(preferred: Sequence[str] | None = None, *, available: Sequence[str] | None = None) -> list[str]:
+    """Execution providers to use.
+
+    Parameters
+    ----------
+    preferred:
+        Explicit providers in order (an override); the CPU provider is appended as the last fallback.
+    available:
+        What this ONNX Runtime build offers (default: ``onnxruntime.get_available_providers()``).
+
+    Raises
+    ------
+    ValueError
+        When a preferred provider is not available (the message lists the available ones).
+    """
+    available = list(available if available is not None else ort.get_available_providers())
+    if preferred:
+        unknown = [p for p in preferred if p not in available]
+        if unknown:
+            raise ValueError(f"ONNX Runtime providers {unknown} are not available here. Available: {available}")
+        chosen = list(dict.fromkeys(preferred))
+        if "CPUExecutionProvider" in available and "CPUExecutionProvider" not in chosen:
+            chosen.append("CPUExecutionProvider")
+        return chosen
+    return [p for p in PROVIDER_PRIORITY if p in available]
+
+
+@functools.lru_cache(maxsize=8)
+def _session(path: str, sha256: str, providers: tuple[str, ...], intra: int, inter: int) -> ort.InferenceSession:
+    del sha256  # part of the cache key only: a re-exported model gets a new session
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra
+    options.inter_op_num_threads = inter
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, sess_options=options, providers=list(providers))
+    logger.info("ONNX Runtime session for %s on %s", path, session.get_providers())
+    return session
+
+
+def get_session(manifest: ModelManifest, settings: InferenceSettings | None = None) -> ort.InferenceSession:
+    """The process-wide ONNX Runtime session of a model (created on first use, then reused).
+
+    Sessions are cached by model path, sha256, providers and thread counts.
+
+    Raises
+    ------
+    ValueError
+        When requested providers are not available.
+    """
+    settings = settings or InferenceSettings()
+    providers = tuple(select_providers(settings.providers))
+    return _session(
+        str(manifest.model_path.resolve()),
+        manifest.sha256,
+        providers,
+        settings.intra_op_threads,
+        settings.inter_op_threads,
+    )
+
+
+def gaussian_importance(patch_size: Sequence[int], *, sigma_scale: float = 0.125) -> np.ndarray:
+    """Gaussian blending weights for one patch (std = ``sigma_scale`` * patch size per axis), peak 1, no zeros."""
+    axes = []
+    for n in patch_size:
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        axes.append(np.exp(-0.5 * (x / max(sigma_scale * n, 1e-6)) ** 2))
+    weight: np.ndarray = functools.reduce(np.multiply.outer, axes)
+    weight /= weight.max()
+    floor = weight[weight > 0].min()
+    return np.asarray(np.maximum(weight, floor), dtype=np.float32)
+
+
+def _starts(length: int, patch: int, overlap: float) -> list[int]:
+    if length <= patch:
+        return [0]
+    step = max(1, int(patch * (1.0 - overlap)))
+    count = math.ceil((length - patch) / step) + 1
+    return sorted({round(i * (length - patch) / (count - 1)) for i in range(count)})
+
+
+def _pad_to(array: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Zero-pad the spatial axes (last three) to at least ``shape``; return the crop that undoes it."""
+    spatial = array.shape[-3:]
+    pads = [max(0, t - s) for s, t in zip(spatial, shape, strict=True)]
+    if not any(pads):
+        return array, (slice(None),) * 3
+    width = [(0, 0)] * (array.ndim - 3) + [(p // 2, p - p // 2) for p in pads]
+    crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pads, spatial, strict=True))
+    return np.pad(array, width), crop
+
+
+def sliding_window(
+    run: RunFn,
+    image: np.ndarray,
+    patch_size: Sequence[int],
+    *,
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    sigma_scale: float = 0.125,
+) -> tuple[np.ndarray, int]:
+    """Patch-wise inference with Gaussian blending.
+
+    Parameters
+    ----------
+    run:
+        Maps a batch (B, C, *patch_size) to (B, K, *patch_size).
+    image:
+        (C, Z, Y, X) input; zero-padded to at least ``patch_size`` (and cropped back).
+    patch_size:
+        Window size (Z, Y, X).
+    overlap:
+        Fraction of a window shared with its neighbour along each axis.
+    batch_size:
+        Windows per ``run`` call.
+    sigma_scale:
+        Gaussian std as a fraction of the window size (nnU-Net's 1/8).
+
+    Returns
+    -------
+    output, patches
+        (K, Z, Y, X) blended output and the number of windows run.
+    """
+    padded, crop = _pad_to(image, patch_size)
+    spatial = padded.shape[1:]
+    weight = gaussian_importance(patch_size, sigma_scale=sigma_scale)
+    corners = list(itertools.product(*(_starts(n, p, overlap) for n, p in zip(spatial, patch_size, strict=True))))
+    accumulated: np.ndarray | None = None
+    norm = np.zeros(spatial, dtype=np.float32)
+    for first in range(0, len(corners), batch_size):
+        chunk = corners[first : first + batch_size]
+        windows = [tuple(slice(c, c + p) for c, p in zip(corner, patch_size, strict=True)) for corner in chunk]
+        batch = np.stack([padded[(slice(None), *w)] for w in windows])
+        result = run(np.ascontiguousarray(batch))
+        if accumulated is None:
+            accumulated = np.zeros((result.shape[1], *spatial), dtype=np.float32)
+        for window, out in zip(windows, result, strict=True):
+            accumulated[(slice(None), *window)] += out * weight
+            norm[window] += weight
+    if accumulated is None:  # pragma: no cover - corners is never empty
+        raise RuntimeError("sliding window produced no patches")
+    accumulated /= norm
+    return accumulated[(slice(None), *crop)], len(corners)
+
+
+def _whole(run: RunFn, image: np.ndarray, divisor: int) -> np.ndarray:
+    target = [math.ceil(n / divisor) * divisor for n in image.shape[1:]]
+    padded, crop = _pad_to(image, target)
+    out: np.ndarray = run(padded[None])[0]
+    return out[(slice(None), *crop)]
+
+
+def predict_volume(
+    session: ort.InferenceSession,
+    manifest: ModelManifest,
+    inputs: np.ndarray,
+    condition: np.ndarray | None,
+    *,
+    tta: bool = False,
+    overlap: float | None = None,
+    batch_size: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """Run the model on a whole volume: in one piece when it fits the patch size, else by sliding window.
+
+    Parameters
+    ----------
+    session:
+        From ``get_session``.
+    manifest:
+        Tensor names, patch size, overlap, spatial divisor and batch size.
+    inputs:
+        (C, Z, Y, X) float32 in the manifest's channel order.
+    condition:
+        (F,) float32 condition vector, or None.
+    tta:
+        Average over the 8 combinations of flips along the three spatial axes.
+
+    Returns
+    -------
+    output, patches
+        (K, Z, Y, X) float32 output and the number of model calls per flip.
+    """
+    overlap = manifest.patch_overlap if overlap is None else overlap
+    batch_size = batch_size or manifest.batch_size
+    input_name = manifest.input_tensor
+    output_name = manifest.output.tensor
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        feeds = {input_name: batch.astype(np.float32, copy=False)}
+        if manifest.condition_tensor is not None and condition is not None:
+            feeds[manifest.condition_tensor] = np.repeat(condition[None].astype(np.float32), batch.shape[0], axis=0)
+        out = session.run([output_name], feeds)[0]
+        return np.asarray(out, dtype=np.float32)
+
+    patch = manifest.patch_size
+    fits = patch is None or all(n <= p for n, p in zip(inputs.shape[1:], patch, strict=True))
+
+    def once(volume: np.ndarray) -> tuple[np.ndarray, int]:
+        if fits or patch is None:
+            return _whole(run, volume, manifest.spatial_divisor), 1
+        return sliding_window(run, volume, patch, overlap=overlap, batch_size=batch_size)
+
+    if not tta:
+        return once(inputs)
+    total: np.ndarray | None = None
+    patches = 0
+    for flips in itertools.product((False, True), repeat=3):
+        axes = tuple(1 + i for i, flip in enumerate(flips) if flip)
+        flipped = np.flip(inputs, axis=axes) if axes else inputs
+        out, patches = once(np.ascontiguousarray(flipped))
+        out = np.flip(out, axis=axes) if axes else out
+        total = out.copy() if total is None else total + out
+    if total is None:  # pragma: no cover - the loop always runs
+        raise RuntimeError("no TTA pass ran")
+    return total / np.float32(8.0), patches
+
+
+def infer(normalized: NormalizedInputs, settings: InferenceSettings | None = None) -> Prediction:
+    """Run the normalized inputs' model and return its first output channel on the t1_pre grid.
+
+    Raises
+    ------
+    ValueError
+        When requested providers are not available.
+    """
+    settings = settings or InferenceSettings()
+    manifest = normalized.manifest
+    started = time.perf_counter()
+    session = get_session(manifest, settings)
+    providers = session.get_providers()
+    tta = settings.tta if settings.tta is not None else any(p in _GPU_PROVIDERS for p in providers)
+    output, patches = predict_volume(
+        session,
+        manifest,
+        normalized.inputs,
+        normalized.condition,
+        tta=tta,
+        overlap=settings.overlap,
+        batch_size=settings.batch_size,
+    )
+    seconds = time.perf_counter() - started
+    logger.info(
+        "inference %s %s on %s: %d patch(es), TTA %s, %.2f s",
+        manifest.name,
+        manifest.version,
+        providers[0],
+        patches,
+        "on" if tta else "off",
+        seconds,
+    )
+    return Prediction(
+        output=output[0],
+        model_name=manifest.name,
+        model_version=manifest.version,
+        model_sha256=manifest.sha256,
+        providers=list(providers),
+        tta=tta,
+        patches=patches,
+        seconds=seconds,
+    )
+
+
+class InferenceOperator(Operator):  # type: ignore[misc]  # Operator comes from an untyped package
+    """Runs the model with ONNX Runtime (MONAI Deploy's pre_process / predict / post_process split).
+
+    The session is created once per process and cached by model path (``get_session``), so a service worker keeps
+    the model warm between jobs.
+
+    Named input:
+        normalized: NormalizedInputs from the normalization operator.
+
+    Named output:
+        prediction: Prediction (the model output on the t1_pre grid, with providers, TTA and timing).
+    """
+
+    def __init__(
+        self, fragment: Fragment, *args: Any, settings: InferenceSettings | None = None, **kwargs: Any
+    ) -> None:
+        self.input_name_normalized = "normalized"
+        self.output_name_prediction = "prediction"
+        self._settings = settings or InferenceSettings()
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input(self.input_name_normalized)
+        spec.output(self.output_name_prediction)
+
+    def pre_process(self, data: NormalizedInputs) -> NormalizedInputs:
+        """Warm the session (the normalization already shaped the tensors)."""
+        get_session(data.manifest, self._settings)
+        return data
+
+    def predict(self, data: NormalizedInputs) -> Prediction:
+        """Run the model (whole volume or sliding window, optional TTA)."""
+        return infer(data, self._settings)
+
+    def post_process(self, data: Prediction) -> Prediction:
+        """Nothing to do here: undoing the normalization is the post-processing operator's job."""
+        return data
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        normalized: NormalizedInputs = op_input.receive(self.input_name_normalized)
+        prediction = self.post_process(self.predict(self.pre_process(normalized)))
+        op_output.emit(prediction, self.output_name_prediction)

@@ -1,0 +1,231 @@
+"""Undo the normalization: synthetic standard dose, beyond-standard dose, enhancement map and mask on t1_pre's grid."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from operators.inference_operator import Prediction
+from operators.model_manifest import NormalizationKind, OutputMeaning, OutputScale
+from operators.normalization import direct_strategy
+from operators.normalization_operator import NormalizedInputs
+
+__all__ = ["PostprocessOperator", "SyntheticResult", "contrast_signal", "enhancement_mask", "postprocess"]
+
+logger = logging.getLogger(__name__)
+
+_MAD_TO_SIGMA = 1.0 / 0.6744897501960817
+
+
+@dataclass
+class SyntheticResult:
+    """The pipeline's images, all on the t1_pre grid in t1_pre's intensity scale (float32).
+
+    Parameters
+    ----------
+    synthetic:
+        x_SD~ = x_PC + y, the synthetic standard-dose image.
+    beyond:
+        x_SD+~ = x_LD + y (beyond standard dose), or None without a low-dose input.
+    enhancement:
+        y, the predicted contrast signal.
+    mask:
+        bool (slice, row, column): brain & (y > threshold), small components removed; the SEG writer's input.
+    threshold:
+        The enhancement threshold in intensity units (``threshold_sigma`` * ``noise_sigma``).
+    noise_sigma:
+        Noise level of y used for the threshold, and ``noise_source`` says how it was estimated.
+    model:
+        Model name, version and sha256 (for the writers' Contributing Equipment).
+    params:
+        JSON-ready record for report.json.
+    """
+
+    synthetic: sitk.Image
+    beyond: sitk.Image | None
+    enhancement: sitk.Image
+    mask: np.ndarray
+    threshold: float
+    noise_sigma: float
+    noise_source: str
+    model: dict[str, str]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def contrast_signal(prediction: Prediction, normalized: NormalizedInputs) -> np.ndarray:
+    """The contrast signal y in t1_pre's intensity units, from the model output and the normalization record.
+
+    Differential models: y = gamma * s_LD * y_hat / sigma_LD (scale ``local_std``) or gamma * y_hat (``normalized``),
+    times the brain 95th percentile of x_PC. Direct models (output = image): y = undo(output) - x_PC.
+
+    Raises
+    ------
+    ValueError
+        When the normalization record lacks what the manifest's output scale needs.
+    """
+    manifest = normalized.manifest
+    spec = manifest.output
+    params = normalized.params
+    out = prediction.output.astype(np.float32, copy=False)
+    kind = manifest.normalization.kind
+    if spec.meaning == OutputMeaning.IMAGE:
+        pre = params["per_role"]["t1_pre"]
+        synthetic = direct_strategy(manifest.normalization).undo(out, pre)
+        y = synthetic - normalized.x_pc
+    else:
+        if spec.scale == OutputScale.LOCAL_STD:
+            if normalized.s_ld is None or "sigma" not in params:
+                raise ValueError("output scale 'local_std' needs s_LD and sigma from the differential normalization")
+            y = np.float32(spec.gamma / params["sigma"]) * normalized.s_ld * out
+        else:
+            y = np.float32(spec.gamma) * out
+        if kind == NormalizationKind.DIFFERENTIAL:
+            y = y * np.float32(params["percentile_value_pc"])
+        elif kind == NormalizationKind.ZSCORE:
+            y = y * np.float32(params["per_role"]["t1_pre"]["std"])
+        elif kind == NormalizationKind.MINMAX:
+            pre = params["per_role"]["t1_pre"]
+            y = y * np.float32(pre["high"] - pre["low"])
+    if spec.nonnegative:
+        y = np.maximum(y, np.float32(0.0))
+    return np.asarray(y, dtype=np.float32)
+
+
+def enhancement_mask(
+    y: np.ndarray,
+    brain: np.ndarray,
+    *,
+    threshold_sigma: float,
+    min_voxels: int,
+    fallback_sigma: float | None,
+) -> tuple[np.ndarray, float, float, str]:
+    """Binary enhancement: brain & (y > threshold_sigma * sigma_y), components smaller than ``min_voxels`` dropped.
+
+    sigma_y, the noise of y, comes from the negative half of y in the brain (contrast is non-negative, so negative
+    values are noise) when at least 1% of the brain is negative; else ``fallback_sigma`` (the subtraction noise);
+    else 1.4826 * MAD of y in the brain.
+
+    Returns
+    -------
+    mask, threshold, sigma_y, source
+    """
+    values = y[brain]
+    negative = values[values < 0]
+    if negative.size >= max(50, values.size // 100):
+        sigma, source = float(np.median(-negative)) * _MAD_TO_SIGMA, "negative half of y in the brain"
+    elif fallback_sigma is not None and fallback_sigma > 0:
+        sigma, source = float(fallback_sigma), "noise of the low-dose subtraction"
+    elif values.size:
+        sigma, source = float(np.median(np.abs(values - np.median(values)))) * 1.4826, "MAD of y in the brain"
+    else:
+        sigma, source = 0.0, "empty brain mask"
+    threshold = threshold_sigma * sigma
+    mask = brain & (y > threshold)
+    if min_voxels > 1 and mask.any():
+        labels = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True)
+        kept = sitk.RelabelComponent(labels, minimumObjectSize=min_voxels)
+        mask = sitk.GetArrayViewFromImage(kept) > 0
+    return np.asarray(mask, dtype=bool), threshold, sigma, source
+
+
+def _image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
+    image.CopyInformation(reference)
+    return image
+
+
+def postprocess(prediction: Prediction, normalized: NormalizedInputs) -> SyntheticResult:
+    """Turn the model output into the synthetic images and the enhancement mask, on t1_pre's grid and scale.
+
+    Raises
+    ------
+    ValueError
+        When the normalization record lacks what the manifest's output needs.
+    """
+    started = time.perf_counter()
+    manifest = normalized.manifest
+    post = manifest.postprocess
+    y = contrast_signal(prediction, normalized)
+    synthetic = normalized.x_pc + y
+    beyond = normalized.x_ld + y if normalized.x_ld is not None else None
+    if post.clip_negative:
+        np.maximum(synthetic, 0.0, out=synthetic)
+        if beyond is not None:
+            np.maximum(beyond, 0.0, out=beyond)
+    mask, threshold, sigma, source = enhancement_mask(
+        y,
+        normalized.brain,
+        threshold_sigma=post.threshold_sigma,
+        min_voxels=post.min_voxels,
+        fallback_sigma=normalized.noise_sigma_source,
+    )
+    voxel_ml = float(np.prod(normalized.reference.GetSpacing())) / 1000.0
+    params: dict[str, Any] = {
+        "output_meaning": manifest.output.meaning.value,
+        "output_scale": manifest.output.scale.value,
+        "gamma": manifest.output.gamma,
+        "threshold": threshold,
+        "threshold_sigma": post.threshold_sigma,
+        "noise_sigma_y": sigma,
+        "noise_source": source,
+        "enhancing_voxels": int(mask.sum()),
+        "enhancing_ml": float(mask.sum()) * voxel_ml,
+        "min_voxels": post.min_voxels,
+        "seconds": 0.0,
+    }
+    params["seconds"] = time.perf_counter() - started
+    logger.info(
+        "post-processing %s: enhancement threshold %.4g (%g x %.4g, %s), %.2f ml enhancing",
+        manifest.name,
+        threshold,
+        post.threshold_sigma,
+        sigma,
+        source,
+        params["enhancing_ml"],
+    )
+    reference = normalized.reference
+    return SyntheticResult(
+        synthetic=_image(synthetic, reference),
+        beyond=_image(beyond, reference) if beyond is not None else None,
+        enhancement=_image(y, reference),
+        mask=mask,
+        threshold=threshold,
+        noise_sigma=sigma,
+        noise_source=source,
+        model={"name": prediction.model_name, "version": prediction.model_version, "sha256": prediction.model_sha256},
+        params=params,
+    )
+
+
+class PostprocessOperator(Operator):  # type: ignore[misc]  # Operator comes from an untyped package
+    """Undoes the normalization and builds the synthetic images and the enhancement mask.
+
+    Named inputs:
+        prediction: Prediction from the inference operator.
+        normalized: NormalizedInputs from the normalization operator (the record to undo).
+
+    Named output:
+        synthetic: SyntheticResult (x_SD~, x_SD+~, y, enhancement mask) on the t1_pre grid.
+    """
+
+    def __init__(self, fragment: Fragment, *args: Any, **kwargs: Any) -> None:
+        self.input_name_prediction = "prediction"
+        self.input_name_normalized = "normalized"
+        self.output_name_synthetic = "synthetic"
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input(self.input_name_prediction)
+        spec.input(self.input_name_normalized)
+        spec.output(self.output_name_synthetic)
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        prediction: Prediction = op_input.receive(self.input_name_prediction)
+        normalized: NormalizedInputs = op_input.receive(self.input_name_normalized)
+        op_output.emit(postprocess(prediction, normalized), self.output_name_synthetic)

@@ -1,0 +1,211 @@
+"""The MAP end to end: a phantom study through `python -m app` and `gadsynth run`, outputs checked as a PACS would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from pydicom import dcmread
+
+from tests.conftest import REPO
+from training.phantom import PhantomOptions, PhantomStudy, generate_study
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _run_app(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        cwd=REPO,
+        env=env or ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
+    """A small phantom study with lesions of every kind."""
+    return generate_study(PhantomOptions(seed=11, size="small"), tmp_path_factory.mktemp("phantom"))
+
+
+@pytest.fixture(scope="module")
+def map_run(
+    phantom: PhantomStudy, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("map-out")
+    result = _run_app("-i", str(phantom.dicom_dir), "-o", str(out), "--preview")
+    return out, result
+
+
+def _read_series(folder: Path) -> list:
+    return sorted((dcmread(p) for p in folder.glob("*.dcm")), key=lambda ds: int(ds.InstanceNumber))
+
+
+class TestSuccessfulRun:
+    def test_exit_code_and_report(self, map_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+        out, result = map_run
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads((out / "report.json").read_text())
+        assert report["status"] == "ok"
+        assert set(report["roles"]) >= {"t1_pre", "t1_low_dose"}
+        assert report["model"]["name"] == "ce-baseline-linear"
+        assert len(report["model"]["sha256"]) == 64
+        assert {"load_study", "register", "brain_mask", "normalize", "infer", "postprocess", "write_dicom"} <= set(
+            report["timings_s"]
+        )
+        assert report["noise"]["sigma"] > 0
+        assert "t1_low_dose" in report["registration"]
+        assert (out / "preview.png").stat().st_size > 10_000
+
+    def test_synthetic_series_matches_t1_pre(
+        self, phantom: PhantomStudy, map_run: tuple[Path, subprocess.CompletedProcess[str]]
+    ) -> None:
+        out, _ = map_run
+        source = _read_series(phantom.series["t1_pre"].directory)
+        synthetic = _read_series(out / "synthetic_t1c")
+        assert len(synthetic) == len(source)
+        by_position = {tuple(round(float(v), 3) for v in ds.ImagePositionPatient): ds for ds in source}
+        for ds in synthetic:
+            src = by_position[tuple(round(float(v), 3) for v in ds.ImagePositionPatient)]
+            assert ds.FrameOfReferenceUID == src.FrameOfReferenceUID
+            assert ds.StudyInstanceUID == src.StudyInstanceUID
+            assert ds.SeriesInstanceUID != src.SeriesInstanceUID
+            np.testing.assert_allclose(ds.ImageOrientationPatient, src.ImageOrientationPatient, atol=1e-6)
+            np.testing.assert_allclose(ds.PixelSpacing, src.PixelSpacing, atol=1e-6)
+            assert (ds.Rows, ds.Columns) == (src.Rows, src.Columns)
+            assert "SYNTHETIC" in ds.SeriesDescription.upper()
+            assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+            assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+            assert int(ds.SeriesNumber) == 9001
+
+    def test_seg_references_source_instances(
+        self, phantom: PhantomStudy, map_run: tuple[Path, subprocess.CompletedProcess[str]]
+    ) -> None:
+        out, _ = map_run
+        seg = hd.seg.segread(out / "seg" / "enhancement_seg.dcm")
+        source_uids = {
+            dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in phantom.series["t1_pre"].directory.glob("*.dcm")
+        }
+        referenced = {uid for _, _, uid in seg.get_source_image_uids()}
+        assert referenced and referenced <= source_uids
+        assert seg.SeriesInstanceUID != phantom.series["t1_pre"].series_instance_uid
+
+    def test_every_output_passes_dciodvfy(
+        self, map_run: tuple[Path, subprocess.CompletedProcess[str]], dciodvfy: str
+    ) -> None:
+        out, _ = map_run
+        files = sorted(out.rglob("*.dcm"))
+        assert files
+        for path in files:
+            result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
+            errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+            assert not errors, f"{path}: {errors}"
+            hd.imread(path) if "seg" not in path.parts else hd.seg.segread(path)
+
+    def test_enhancing_lesions_brighter_than_t1_pre(
+        self, phantom: PhantomStudy, map_run: tuple[Path, subprocess.CompletedProcess[str]]
+    ) -> None:
+        out, _ = map_run
+        reader = sitk.ImageSeriesReader()
+        pre = sitk.GetArrayFromImage(
+            sitk.ReadImage(reader.GetGDCMSeriesFileNames(str(phantom.series["t1_pre"].directory)))
+        ).astype(np.float32)
+        syn = sitk.GetArrayFromImage(sitk.ReadImage(reader.GetGDCMSeriesFileNames(str(out / "synthetic_t1c")))).astype(
+            np.float32
+        )
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom.truth_dir / "lesions.nii.gz")))
+        enhancing = [lesion["id"] for lesion in phantom.params["lesions"] if lesion["enhancing"]]
+        assert enhancing, "the phantom must hold at least one enhancing lesion"
+        for lesion_id in enhancing:
+            inside = labels == lesion_id
+            if inside.sum() < 3:
+                continue
+            assert syn[inside].mean() > pre[inside].mean(), f"lesion {lesion_id} is not brighter"
+
+
+@pytest.fixture(scope="module")
+def pre_only(tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
+    """A study without a low-dose series: not eligible for the low-dose models."""
+    return generate_study(
+        PhantomOptions(seed=12, size="small", roles=("t1_pre", "t2", "flair")), tmp_path_factory.mktemp("pre")
+    )
+
+
+class TestIneligibleAndBroken:
+    def test_no_low_dose_exits_2_with_reason(self, pre_only: PhantomStudy, tmp_path: Path) -> None:
+        result = _run_app("-i", str(pre_only.dicom_dir), "-o", str(tmp_path))
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert report["status"] == "not_eligible"
+        assert report["error"]["error"] == "NoMatchingSeriesError"
+        assert "t1_low_dose" in report["error"]["message"]
+        assert not (tmp_path / "synthetic_t1c").exists()
+
+    def test_empty_folder_exits_2(self, tmp_path: Path) -> None:
+        (tmp_path / "in").mkdir()
+        result = _run_app("-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"))
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        assert report["error"]["error"] == "NoStudyError"
+
+    def test_missing_folder_exits_2(self, tmp_path: Path) -> None:
+        result = _run_app("-i", str(tmp_path / "nowhere"), "-o", str(tmp_path / "out"))
+        assert result.returncode == 2
+        assert "does not exist" in json.loads((tmp_path / "out" / "report.json").read_text())["error"]["message"]
+
+    def test_truncated_file_exits_2(self, phantom: PhantomStudy, tmp_path: Path) -> None:
+        study = tmp_path / "study"
+        subprocess.run(["cp", "-r", str(phantom.dicom_dir), str(study)], check=True)
+        victim = sorted((study / phantom.series["t1_pre"].directory.name).glob("*.dcm"))[5]
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+        result = _run_app("-i", str(study), "-o", str(tmp_path / "out"))
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        assert report["status"] == "not_eligible"
+
+
+class TestFrontDoors:
+    def test_holoscan_environment_variables(self, phantom: PhantomStudy, tmp_path: Path) -> None:
+        env = {
+            **ENV,
+            "HOLOSCAN_INPUT_PATH": str(phantom.dicom_dir),
+            "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "out"),
+            "HOLOSCAN_MODEL_PATH": str(REPO / "models"),
+        }
+        result = _run_app(env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert len(list((tmp_path / "out" / "synthetic_t1c").glob("*.dcm"))) == len(
+            list(phantom.series["t1_pre"].directory.glob("*.dcm"))
+        )
+
+    def test_gadsynth_run_with_preview(self, phantom: PhantomStudy, tmp_path: Path) -> None:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "gadsynth"), "run", str(phantom.dicom_dir), str(tmp_path), "--preview"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (tmp_path / "preview.png").is_file()
+        assert json.loads((tmp_path / "report.json").read_text())["status"] == "ok"
+
+    def test_unknown_model_is_an_internal_error_with_a_clear_message(
+        self, phantom: PhantomStudy, tmp_path: Path
+    ) -> None:
+        result = _run_app("-i", str(phantom.dicom_dir), "-o", str(tmp_path), "--model-name", "no-such-model")
+        assert result.returncode == 1
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert "no-such-model" in report["error"]["message"]
+        assert "ce-baseline-linear" in report["error"]["message"]

@@ -1,0 +1,287 @@
+"""Normalization: the differential method's steps (noise estimate, unit-scale local noise), direct kinds, records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from operators.brain_mask_operator import BrainMask
+from operators.errors import InputDicomError
+from operators.model_manifest import (
+    ConditionFeature,
+    ConditionSpec,
+    ModelManifest,
+    NormalizationKind,
+    NormalizationSpec,
+)
+from operators.normalization import (
+    DifferentialNormalization,
+    IdentityNormalization,
+    MinMaxNormalization,
+    ZScoreNormalization,
+    brain_percentile,
+    direct_strategy,
+    local_mean_std,
+    negative_half_sigma,
+    robust_scalar,
+    truncated_std_factor,
+)
+from operators.normalization_operator import condition_vector, normalize
+from operators.registration_operator import RegisteredStudy
+from operators.roles import Role
+from operators.study import ContrastInfo, Series, Volume
+from tests.conftest import REPO
+from tests.operators.mni_head import enhancing_pair, mni_head
+
+SPACING = 3.0
+BASELINE = REPO / "models" / "ce-baseline-linear"
+DIFFERENTIAL = NormalizationSpec(kind=NormalizationKind.DIFFERENTIAL)
+
+
+def true_sigma(pair: dict[str, np.ndarray], params: dict[str, float], sigma_pc: float, sigma_ld: float) -> float:
+    """Noise of the initial subtraction in normalized units: both images' noise through steps 3 and 4."""
+    pc = sigma_pc / params["percentile_value_pc"]
+    ld = params["alignment"] * sigma_ld / params["percentile_value_ld"]
+    return float(np.median(pair["noise_field"][pair["brain"]]) * np.hypot(pc, ld))
+
+
+class TestSteps:
+    def test_percentile_inside_the_brain(self) -> None:
+        image = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+        brain = np.zeros_like(image, dtype=bool)
+        brain[:5] = True  # values 0..499
+        assert brain_percentile(image, brain, 95.0) == pytest.approx(474.05)
+
+    def test_percentile_needs_a_brain(self) -> None:
+        image = np.ones((10, 10, 10), dtype=np.float32)
+        with pytest.raises(ValueError, match=r"the brain mask holds 0 voxels \(expected at least 100\)"):
+            brain_percentile(image, np.zeros_like(image, dtype=bool), 95.0)
+        with pytest.raises(ValueError, match=r"the 95th brain percentile is 0 \(expected a positive intensity\)"):
+            brain_percentile(np.zeros_like(image), np.ones_like(image, dtype=bool), 95.0)
+
+    def test_robust_scalar_ignores_enhancement(self) -> None:
+        rng = np.random.default_rng(0)
+        pre = rng.uniform(0.3, 1.0, 200_000).astype(np.float32)
+        post = pre / 1.7 + rng.normal(0.0, 0.01, pre.size).astype(np.float32)
+        post[:20_000] += 0.5  # 10% strongly enhancing voxels
+        brain = np.ones(pre.size, dtype=bool)
+        assert robust_scalar(post, pre, brain) == pytest.approx(1.7, rel=0.01)
+        plain = float((post * pre).sum() / (post * post).sum())
+        assert abs(plain - 1.7) > 0.05  # least squares would be pulled by the enhancement
+
+    def test_noise_from_the_negative_half(self) -> None:
+        rng = np.random.default_rng(1)
+        z = rng.normal(0.0, 0.03, 300_000)
+        z[:60_000] += rng.uniform(0.05, 0.5, 60_000)  # contrast only adds signal
+        assert negative_half_sigma(z, np.ones(z.size, dtype=bool)) == pytest.approx(0.03, rel=0.05)
+
+    def test_noise_needs_negative_values(self) -> None:
+        z = np.abs(np.random.default_rng(2).normal(0.0, 1.0, 1000))
+        with pytest.raises(ValueError, match=r"only 0 negative subtraction values in the brain"):
+            negative_half_sigma(z, np.ones(z.size, dtype=bool))
+
+    def test_truncated_normal_std(self) -> None:
+        assert truncated_std_factor(2.0) == pytest.approx(0.8796, abs=1e-4)
+        assert truncated_std_factor(8.0) == pytest.approx(1.0, abs=1e-6)
+        samples = np.random.default_rng(3).standard_normal(1_000_000)
+        assert truncated_std_factor(2.0) == pytest.approx(samples[np.abs(samples) <= 2.0].std(), abs=2e-3)
+
+    def test_local_statistics_match_full_resolution_filter(self) -> None:
+        rng = np.random.default_rng(4)
+        shape = (60, 72, 64)
+        smooth = ndimage.gaussian_filter(rng.normal(0.0, 1.0, shape), 10.0) * 50.0
+        z = (smooth + rng.normal(0.0, 1.0, shape) * (1.0 + np.linspace(0, 1, shape[2]))).astype(np.float32)
+        weights = rng.uniform(size=shape) > 0.2
+        m, s = local_mean_std(z, weights, (16.0, 16.0, 16.0), fill_std=1.0)
+        w = weights.astype(np.float64)
+        g = {"sigma": 16.0, "mode": "constant", "truncate": 3.0}
+        gw = ndimage.gaussian_filter(w, **g)
+        m_ref = ndimage.gaussian_filter(w * z, **g) / gw
+        s_ref = np.sqrt(ndimage.gaussian_filter(w * z * z, **g) / gw - m_ref**2)
+        inner = (slice(8, -8),) * 3
+        assert np.abs(m - m_ref)[inner].max() < 0.05 * np.abs(m_ref).max()
+        assert np.abs(s / s_ref - 1.0)[inner].max() < 0.03
+
+
+@pytest.fixture(scope="module")
+def pair() -> dict[str, np.ndarray]:
+    """Pre and low-dose with three enhancing spheres; noise 6 and 9 (t1_pre and low-dose intensity units)."""
+    return enhancing_pair(SPACING, sigma_pc=6.0, sigma_ld=9.0, seed=5)
+
+
+@pytest.fixture(scope="module")
+def image() -> tuple[np.ndarray, np.ndarray]:
+    """The MNI head and its brain."""
+    head, brain = mni_head(SPACING)
+    return sitk.GetArrayFromImage(head), sitk.GetArrayFromImage(brain) > 0
+
+
+class TestDifferential:
+    def test_noise_estimate_within_10_percent(self, pair: dict[str, np.ndarray]) -> None:
+        result = DifferentialNormalization(DIFFERENTIAL).run(
+            pair["x_pc"], pair["x_ld"], pair["brain"], spacing_zyx=(SPACING,) * 3
+        )
+        assert result.sigma == pytest.approx(true_sigma(pair, result.params, 6.0, 9.0), rel=0.10)
+        # in t1_pre's units: x_ld (2 x head) is brought to x_pc's scale (3 x head), so its noise counts 1.5 times
+        assert result.params["sigma_source"] == pytest.approx(np.hypot(6.0, 9.0 * 1.5), rel=0.10)
+
+    def test_local_normalization_has_unit_noise(self, pair: dict[str, np.ndarray]) -> None:
+        result = DifferentialNormalization(DIFFERENTIAL).run(
+            pair["x_pc"], pair["x_ld"], pair["brain"], spacing_zyx=(SPACING,) * 3
+        )
+        quiet = pair["brain"] & ~ndimage.binary_dilation(pair["enhancing"], iterations=2)
+        unit = (result.z_tilde - result.m_ld) / result.s_ld
+        assert float(unit[quiet].std()) == pytest.approx(1.0, abs=0.1)
+        assert float(result.z_ld[quiet].std()) == pytest.approx(result.sigma, rel=0.1)
+
+    def test_spatially_varying_noise_is_unit_everywhere(self) -> None:
+        pair = enhancing_pair(SPACING, sigma_pc=5.0, sigma_ld=7.0, noise_gradient=1.0, seed=6)
+        result = DifferentialNormalization(DIFFERENTIAL).run(
+            pair["x_pc"], pair["x_ld"], pair["brain"], spacing_zyx=(SPACING,) * 3
+        )
+        quiet = pair["brain"] & ~ndimage.binary_dilation(pair["enhancing"], iterations=2)
+        unit = (result.z_tilde - result.m_ld) / result.s_ld
+        columns = np.indices(unit.shape)[2]
+        width = unit.shape[2]
+        for low, high in ((0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0)):
+            band = quiet & (columns >= low * width) & (columns < high * width)
+            assert float(unit[band].std()) == pytest.approx(1.0, abs=0.1), (low, high)
+        # one global threshold (the paper's single pass) is less uniform than the refined second pass
+        single = DifferentialNormalization(NormalizationSpec(kind="differential", local_iterations=1)).run(
+            pair["x_pc"], pair["x_ld"], pair["brain"], spacing_zyx=(SPACING,) * 3
+        )
+        unit_single = (single.z_tilde - single.m_ld) / single.s_ld
+        left, right = quiet & (columns < width / 4), quiet & (columns > 3 * width / 4)
+        spread = abs(float(unit[right].std() - unit[left].std()))
+        spread_single = abs(float(unit_single[right].std() - unit_single[left].std()))
+        assert spread < spread_single
+
+    def test_alignment_and_enhancement(self, pair: dict[str, np.ndarray]) -> None:
+        result = DifferentialNormalization(DIFFERENTIAL).run(
+            pair["x_pc"], pair["x_ld"], pair["brain"], spacing_zyx=(SPACING,) * 3
+        )
+        params = result.params
+        # x_ld = 2 * head, x_pc = 3 * head: after step 3 the ratio left for step 4 is (3 / p_pc) / (2 / p_ld)
+        expected = 3.0 / params["percentile_value_pc"] / (2.0 / params["percentile_value_ld"])
+        assert params["alignment"] == pytest.approx(expected, rel=0.01)
+        assert float(np.median(result.z_ld[pair["enhancing"]])) > 10 * result.sigma
+        quiet = pair["brain"] & ~pair["enhancing"]
+        assert abs(float(np.median(result.z_tilde[quiet]))) < 0.2 * result.sigma
+
+    def test_record_is_json_ready(self, pair: dict[str, np.ndarray]) -> None:
+        import json
+
+        result = DifferentialNormalization(DIFFERENTIAL).run(
+            pair["x_pc"], pair["x_ld"], pair["brain"], spacing_zyx=(SPACING,) * 3
+        )
+        record = json.loads(json.dumps(result.params))
+        assert record["kind"] == "differential"
+        assert record["truncation_factor"] == pytest.approx(0.8796, abs=1e-4)
+        assert record["local_sigma_vox"] == [16.0, 16.0, 16.0]
+        np.testing.assert_allclose(result.x_pc * record["percentile_value_pc"], pair["x_pc"], rtol=1e-5, atol=1e-3)
+
+    def test_window_in_mm(self) -> None:
+        spec = NormalizationSpec(kind="differential", local_sigma=16.0, local_sigma_unit="mm")
+        assert DifferentialNormalization(spec).sigma_vox((4.0, 1.0, 2.0)) == (4.0, 16.0, 8.0)
+
+    def test_wrong_kind(self) -> None:
+        with pytest.raises(ValueError, match=r"needs kind 'differential', found 'zscore'"):
+            DifferentialNormalization(NormalizationSpec(kind="zscore"))
+
+
+class TestDirect:
+    def test_zscore(self, image: tuple[np.ndarray, np.ndarray]) -> None:
+        array, brain = image
+        strategy = ZScoreNormalization(NormalizationSpec(kind="zscore"))
+        out, params = strategy.run(array, brain)
+        assert float(out[brain].mean()) == pytest.approx(0.0, abs=1e-4)
+        assert float(out[brain].std()) == pytest.approx(1.0, abs=1e-4)
+        np.testing.assert_allclose(strategy.undo(out, params), array, atol=1e-3)
+
+    def test_zscore_clip(self, image: tuple[np.ndarray, np.ndarray]) -> None:
+        array, brain = image
+        out, _ = ZScoreNormalization(NormalizationSpec(kind="zscore", zscore_clip=1.0)).run(array, brain)
+        assert float(out.min()) >= -1.0 and float(out.max()) <= 1.0
+
+    def test_minmax(self, image: tuple[np.ndarray, np.ndarray]) -> None:
+        array, brain = image
+        strategy = MinMaxNormalization(NormalizationSpec(kind="minmax"))
+        out, params = strategy.run(array, brain)
+        assert float(out.min()) == 0.0 and float(out.max()) == 1.0
+        assert float(np.mean(out[brain] >= 1.0)) == pytest.approx(0.005, abs=0.003)
+        inside = (array >= params["low"]) & (array <= params["high"])
+        np.testing.assert_allclose(strategy.undo(out, params)[inside], array[inside], rtol=1e-5, atol=1e-3)
+
+    def test_identity_and_dispatch(self, image: tuple[np.ndarray, np.ndarray]) -> None:
+        array, brain = image
+        assert isinstance(direct_strategy(NormalizationSpec(kind="none")), IdentityNormalization)
+        assert isinstance(direct_strategy(NormalizationSpec(kind="minmax")), MinMaxNormalization)
+        out, params = IdentityNormalization(NormalizationSpec(kind="none")).run(array, brain)
+        assert params == {} and np.array_equal(out, array)
+        with pytest.raises(ValueError, match=r"no per-modality strategy for kind 'differential'"):
+            direct_strategy(DIFFERENTIAL)
+
+
+def _study(pair: dict[str, np.ndarray], roles: tuple[Role, ...]) -> tuple[RegisteredStudy, BrainMask]:
+    head, brain = mni_head(SPACING)
+    images: dict[Role, sitk.Image] = {}
+    volumes: dict[Role, Volume] = {}
+    for role, key in ((Role.T1_PRE, "x_pc"), (Role.T1_LOW_DOSE, "x_ld")):
+        if role not in roles:
+            continue
+        image = sitk.GetImageFromArray(pair[key])
+        image.CopyInformation(head)
+        images[role] = image
+        series = Series(f"1.2.{len(volumes)}", "1.2", "MR", len(volumes) + 1, role.value)
+        volumes[role] = Volume(role=role, series=series, image=image, slices=[])
+    study = RegisteredStudy(reference=volumes[Role.T1_PRE], images=images, volumes=volumes)
+    return study, BrainMask(mask=brain, transform=sitk.Transform(), quality={})
+
+
+class TestNormalize:
+    def test_baseline_inputs_and_condition(self, pair: dict[str, np.ndarray]) -> None:
+        manifest = ModelManifest.load(BASELINE)
+        study, mask = _study(pair, (Role.T1_PRE, Role.T1_LOW_DOSE))
+        contrast = {Role.T1_LOW_DOSE: ContrastInfo(dose=0.25, agent="gadobutrol", field_strength_t=3.0, r1=4.5)}
+        normalized = normalize(study, mask, manifest, contrast=contrast)
+        assert normalized.inputs.shape == (3, *pair["x_pc"].shape)
+        assert normalized.inputs.dtype == np.float32
+        assert normalized.condition is not None and normalized.condition.tolist() == [0.25]
+        assert normalized.params["condition"] == {"dose": {"value": 0.25, "source": "header"}}
+        p95 = normalized.params["percentile_value_pc"]
+        np.testing.assert_allclose(normalized.inputs[0] * p95, pair["x_pc"], rtol=1e-5, atol=1e-3)
+        assert np.array_equal(normalized.inputs[2] > 0, pair["brain"])
+        assert normalized.x_ld is not None and normalized.s_ld is not None
+        assert normalized.noise_sigma_source == pytest.approx(normalized.params["sigma"] * p95)
+
+    def test_full_condition_vector(self, pair: dict[str, np.ndarray]) -> None:
+        features: list[ConditionFeature] = ["dose", "field_strength_t", "r1", "sigma"]
+        manifest = ModelManifest.load(BASELINE).model_copy(update={"condition": ConditionSpec(features=features)})
+        study, _ = _study(pair, (Role.T1_PRE, Role.T1_LOW_DOSE))
+        contrast = {Role.T1_LOW_DOSE: ContrastInfo(dose=0.33, agent="dotarem", field_strength_t=1.5, r1=None)}
+        vector, sources = condition_vector(manifest, contrast=contrast, volumes=study.volumes, sigma=0.02)
+        assert vector is not None
+        np.testing.assert_allclose(vector, [0.33, 1.5, 3.9, 0.02], rtol=1e-6)
+        assert sources["r1"]["source"] == "agent table"
+
+    def test_missing_dose_is_a_clear_input_error(self, pair: dict[str, np.ndarray]) -> None:
+        manifest = ModelManifest.load(BASELINE)
+        study, mask = _study(pair, (Role.T1_PRE, Role.T1_LOW_DOSE))
+        contrast = {Role.T1_LOW_DOSE: ContrastInfo(dose=None, agent=None, field_strength_t=3.0, r1=None)}
+        with pytest.raises(InputDicomError, match=r"needs the dose of the low-dose series, but series 1\.2\.1") as info:
+            normalize(study, mask, manifest, contrast=contrast)
+        assert info.value.attribute is not None and "ContrastBolusVolume" in info.value.attribute
+
+    def test_missing_role(self, pair: dict[str, np.ndarray]) -> None:
+        study, mask = _study(pair, (Role.T1_PRE,))
+        with pytest.raises(InputDicomError, match=r"missing after registration: \['t1_low_dose'\]"):
+            normalize(study, mask, ModelManifest.load(BASELINE), contrast={})
+
+    def test_degenerate_image(self, pair: dict[str, np.ndarray]) -> None:
+        flat = dict(pair, x_ld=np.zeros_like(pair["x_ld"]))
+        study, mask = _study(flat, (Role.T1_PRE, Role.T1_LOW_DOSE))
+        contrast = {Role.T1_LOW_DOSE: ContrastInfo(dose=0.25, agent="gadobutrol", field_strength_t=3.0, r1=4.5)}
+        with pytest.raises(InputDicomError, match=r"Cannot normalize the inputs of series 1\.2\.0 .* percentile is 0"):
+            normalize(study, mask, ModelManifest.load(BASELINE), contrast=contrast)

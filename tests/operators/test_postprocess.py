@@ -1,0 +1,247 @@
+"""Post-processing: undoing the normalization, the baseline end to end, the enhancement mask, the operator chain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from monai.deploy.core import Application, Fragment, Operator, OperatorSpec
+from scipy import ndimage
+
+from operators.brain_mask_operator import BrainMask, BrainMaskOperator
+from operators.inference_operator import InferenceOperator, InferenceSettings, Prediction, infer
+from operators.model_manifest import ModelManifest, OutputScale
+from operators.normalization_operator import NormalizationOperator, NormalizedInputs, normalize
+from operators.postprocess_operator import (
+    PostprocessOperator,
+    SyntheticResult,
+    contrast_signal,
+    enhancement_mask,
+    postprocess,
+)
+from operators.registration_operator import RegisteredStudy, RegistrationOperator
+from operators.roles import Role
+from operators.study import ContrastInfo, Selection, Series, Study, Volume
+from tests.conftest import REPO
+from tests.operators.mni_head import enhancing_pair, mni_head, rigid
+
+SPACING = 3.0
+BASELINE = REPO / "models" / "ce-baseline-linear"
+DOSE = 0.25
+CONTRAST = {Role.T1_LOW_DOSE: ContrastInfo(dose=DOSE, agent="gadobutrol", field_strength_t=3.0, r1=4.5)}
+
+
+def _volume(array: np.ndarray, role: Role, uid: str) -> Volume:
+    head, _ = mni_head(SPACING)
+    image = sitk.GetImageFromArray(array.astype(np.float32))
+    image.CopyInformation(head)
+    series = Series(uid, "1.2", "MR", 1 if role == Role.T1_PRE else 2, role.value)
+    return Volume(role=role, series=series, image=image, slices=[])
+
+
+@pytest.fixture(scope="module")
+def pair() -> dict[str, np.ndarray]:
+    return enhancing_pair(SPACING, sigma_pc=5.0, sigma_ld=6.0, scale_pc=3.0, scale_ld=3.3, uptake=60.0, seed=11)
+
+
+@pytest.fixture(scope="module")
+def normalized(pair: dict[str, np.ndarray]) -> NormalizedInputs:
+    """The pair normalized for the baseline (already on one grid, true brain mask)."""
+    volumes = {
+        Role.T1_PRE: _volume(pair["x_pc"], Role.T1_PRE, "1.2.1"),
+        Role.T1_LOW_DOSE: _volume(pair["x_ld"], Role.T1_LOW_DOSE, "1.2.2"),
+    }
+    study = RegisteredStudy(
+        reference=volumes[Role.T1_PRE], images={r: v.image for r, v in volumes.items()}, volumes=volumes
+    )
+    _, brain = mni_head(SPACING)
+    mask = BrainMask(mask=brain, transform=sitk.Transform(), quality={})
+    return normalize(study, mask, ModelManifest.load(BASELINE), contrast=CONTRAST)
+
+
+def _prediction(output: np.ndarray, manifest: ModelManifest) -> Prediction:
+    return Prediction(output, manifest.name, manifest.version, manifest.sha256, ["CPUExecutionProvider"], False, 1, 0.0)
+
+
+class TestBaselineEndToEnd:
+    def test_output_is_linear_dose_scaling_in_the_brain(
+        self, pair: dict[str, np.ndarray], normalized: NormalizedInputs
+    ) -> None:
+        result = postprocess(infer(normalized, InferenceSettings(tta=False)), normalized)
+        synthetic = sitk.GetArrayFromImage(result.synthetic)
+        x_pc = pair["x_pc"]
+        assert normalized.x_ld is not None
+        x_ld = normalized.x_ld  # low dose radiometrically aligned to x_pc's scale
+        brain = pair["brain"]
+        expected = np.maximum(x_pc + (x_ld - x_pc) / DOSE, 0.0)
+        np.testing.assert_allclose(synthetic[brain], expected[brain], rtol=1e-4, atol=1e-2)
+        np.testing.assert_allclose(synthetic[~brain], np.maximum(x_pc[~brain], 0.0), atol=1e-4)
+        # x_ld is x_pc's anatomy at 3.3 / 3 the intensity: the alignment must bring it back
+        aligned = normalized.params["alignment"] * normalized.params["percentile_value_pc"]
+        assert aligned / normalized.params["percentile_value_ld"] == pytest.approx(3.0 / 3.3, rel=0.01)
+
+    def test_enhancing_regions_brighter_than_pre_contrast(
+        self, pair: dict[str, np.ndarray], normalized: NormalizedInputs
+    ) -> None:
+        result = postprocess(infer(normalized, InferenceSettings(tta=False)), normalized)
+        synthetic = sitk.GetArrayFromImage(result.synthetic)
+        enhancement = sitk.GetArrayFromImage(result.enhancement)
+        enhancing, x_pc = pair["enhancing"], pair["x_pc"]
+        gain = float(np.mean(synthetic[enhancing] - x_pc[enhancing]))
+        # true uptake 60 in head units = 180 in x_pc units at the low dose; linear scaling multiplies by 1 / d
+        assert gain == pytest.approx(3.0 * 60.0 / DOSE, rel=0.1)
+        quiet = pair["brain"] & ~ndimage.binary_dilation(enhancing, iterations=2)
+        assert abs(float(np.mean(enhancement[quiet]))) < 0.05 * gain
+        assert result.beyond is not None
+        beyond = sitk.GetArrayFromImage(result.beyond)
+        assert float(np.mean(beyond[enhancing] - synthetic[enhancing])) == pytest.approx(3.0 * 60.0, rel=0.15)
+
+    def test_mask_finds_the_enhancing_spheres(self, pair: dict[str, np.ndarray], normalized: NormalizedInputs) -> None:
+        result = postprocess(infer(normalized, InferenceSettings(tta=False)), normalized)
+        enhancing = pair["enhancing"]
+        hits = float((result.mask & enhancing).sum()) / float(enhancing.sum())
+        false = float((result.mask & ~enhancing).sum()) / float(pair["brain"].sum())
+        assert hits > 0.9
+        assert false < 0.005
+        assert result.noise_source == "negative half of y in the brain"
+        assert result.threshold == pytest.approx(3.0 * result.noise_sigma)
+        # the noise of y is the subtraction noise amplified by 1 / d
+        assert result.noise_sigma == pytest.approx(normalized.noise_sigma_source / DOSE, rel=0.1)  # type: ignore[operator]
+
+    def test_geometry_and_model_record(self, normalized: NormalizedInputs) -> None:
+        result = postprocess(infer(normalized, InferenceSettings(tta=False)), normalized)
+        for image in (result.synthetic, result.enhancement):
+            assert image.GetSize() == normalized.reference.GetSize()
+            assert image.GetOrigin() == normalized.reference.GetOrigin()
+            assert image.GetDirection() == normalized.reference.GetDirection()
+            assert image.GetPixelID() == sitk.sitkFloat32
+        assert result.mask.shape == normalized.x_pc.shape and result.mask.dtype == bool
+        assert result.model["name"] == "ce-baseline-linear"
+        assert len(result.model["sha256"]) == 64
+        assert result.params["enhancing_voxels"] == int(result.mask.sum())
+
+
+class TestUndo:
+    def test_local_std_scale(self, normalized: NormalizedInputs) -> None:
+        base = normalized.manifest
+        output = base.output.model_copy(update={"scale": OutputScale.LOCAL_STD, "gamma": 1.3})
+        manifest = base.model_copy(update={"output": output})
+        y_hat = np.full(normalized.x_pc.shape, 2.0, dtype=np.float32)
+        local = NormalizedInputs(**{**normalized.__dict__, "manifest": manifest})
+        y = contrast_signal(_prediction(y_hat, manifest), local)
+        assert normalized.s_ld is not None
+        expected = 1.3 * normalized.s_ld * 2.0 / normalized.params["sigma"] * normalized.params["percentile_value_pc"]
+        np.testing.assert_allclose(y, expected, rtol=1e-5)
+
+    def test_nonnegative_output(self, normalized: NormalizedInputs) -> None:
+        base = normalized.manifest
+        manifest = base.model_copy(update={"output": base.output.model_copy(update={"nonnegative": True})})
+        local = NormalizedInputs(**{**normalized.__dict__, "manifest": manifest})
+        y = contrast_signal(_prediction(np.full(normalized.x_pc.shape, -1.0, np.float32), manifest), local)
+        assert float(y.min()) == 0.0
+
+    def test_local_std_needs_the_differential_record(self, normalized: NormalizedInputs) -> None:
+        base = normalized.manifest
+        manifest = base.model_copy(update={"output": base.output.model_copy(update={"scale": OutputScale.LOCAL_STD})})
+        local = NormalizedInputs(**{**normalized.__dict__, "manifest": manifest, "s_ld": None})
+        with pytest.raises(ValueError, match=r"output scale 'local_std' needs s_LD and sigma"):
+            contrast_signal(_prediction(np.zeros_like(normalized.x_pc), manifest), local)
+
+
+class TestEnhancementMask:
+    def test_fallback_noise_without_negative_values(self) -> None:
+        y = np.zeros((20, 20, 20), dtype=np.float32)
+        y[5:9, 5:9, 5:9] = 10.0
+        y[15, 15, 15] = 10.0  # a single voxel: dropped as smaller than min_voxels
+        brain = np.ones_like(y, dtype=bool)
+        mask, threshold, sigma, source = enhancement_mask(
+            y, brain, threshold_sigma=3.0, min_voxels=3, fallback_sigma=1.0
+        )
+        assert source == "noise of the low-dose subtraction" and sigma == 1.0 and threshold == 3.0
+        assert int(mask.sum()) == 64 and not mask[15, 15, 15]
+
+    def test_outside_brain_never_enhances(self) -> None:
+        y = np.random.default_rng(0).normal(0.0, 1.0, (20, 20, 20)).astype(np.float32)
+        y[:, :, :10] += 20.0
+        brain = np.zeros_like(y, dtype=bool)
+        brain[:, :, 5:] = True
+        mask, _, sigma, _ = enhancement_mask(y, brain, threshold_sigma=3.0, min_voxels=1, fallback_sigma=None)
+        assert sigma == pytest.approx(1.0, rel=0.1)
+        assert not mask[:, :, :5].any()
+        assert mask[:, :, 5:10].mean() > 0.99
+
+
+class _Source(Operator):  # type: ignore[misc]
+    def __init__(self, fragment: Fragment, *args: Any, volumes: dict[Role, Volume], selection: Selection) -> None:
+        self._volumes, self._selection = volumes, selection
+        super().__init__(fragment, *args, name="source")
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.output("volumes")
+        spec.output("selection")
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        op_output.emit(self._volumes, "volumes")
+        op_output.emit(self._selection, "selection")
+
+
+class _Sink(Operator):  # type: ignore[misc]
+    def __init__(self, fragment: Fragment, *args: Any, store: dict[str, Any]) -> None:
+        self._store = store
+        super().__init__(fragment, *args, name="sink")
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("synthetic")
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        self._store["synthetic"] = op_input.receive("synthetic")
+
+
+class TestOperatorChain:
+    def test_registration_to_postprocessing_through_monai_deploy(self, pair: dict[str, np.ndarray]) -> None:
+        """The five operators wired with add_flow as the app composes them; the low-dose series moved."""
+        from holoscan.conditions import CountCondition
+
+        head, _ = mni_head(SPACING)
+        pose = rigid(head, rotation_deg=(2.0, -3.0, 2.0), translation_mm=(3.0, -2.0, 2.0))
+        moved_ld = sitk.Resample(
+            _volume(pair["x_ld"], Role.T1_LOW_DOSE, "1.2.2").image, head, pose.GetInverse(), sitk.sitkBSpline, 0.0
+        )
+        volumes = {
+            Role.T1_PRE: _volume(pair["x_pc"], Role.T1_PRE, "1.2.1"),
+            Role.T1_LOW_DOSE: Volume(
+                Role.T1_LOW_DOSE, _volume(pair["x_ld"], Role.T1_LOW_DOSE, "1.2.2").series, moved_ld, []
+            ),
+        }
+        selection = Selection(study=Study("1.2"), roles={}, decisions=[], contrast=CONTRAST)
+        manifest = ModelManifest.load(BASELINE)
+        store: dict[str, Any] = {}
+
+        class _App(Application):  # type: ignore[misc]
+            def compose(self) -> None:
+                source = _Source(self, CountCondition(self, 1), volumes=volumes, selection=selection)
+                registration = RegistrationOperator(self, name="registration")
+                mask = BrainMaskOperator(self, name="brain_mask")
+                normalization = NormalizationOperator(self, name="normalization", manifest=manifest)
+                inference = InferenceOperator(self, name="inference")
+                post = PostprocessOperator(self, name="postprocess")
+                sink = _Sink(self, store=store)
+                self.add_flow(source, registration, {("volumes", "volumes")})
+                self.add_flow(source, mask, {("volumes", "volumes")})
+                self.add_flow(source, normalization, {("selection", "selection")})
+                self.add_flow(registration, normalization, {("registered", "registered")})
+                self.add_flow(mask, normalization, {("brain_mask", "brain_mask")})
+                self.add_flow(normalization, inference, {("normalized", "normalized")})
+                self.add_flow(inference, post, {("prediction", "prediction")})
+                self.add_flow(normalization, post, {("normalized", "normalized")})
+                self.add_flow(post, sink, {("synthetic", "synthetic")})
+
+        _App().run()
+        result: SyntheticResult = store["synthetic"]
+        synthetic = sitk.GetArrayFromImage(result.synthetic)
+        enhancing = pair["enhancing"]
+        core = ndimage.binary_erosion(enhancing, iterations=1)
+        assert float(np.mean(synthetic[core] - pair["x_pc"][core])) > 0.5 * 3.0 * 60.0 / DOSE
+        assert float((result.mask & enhancing).sum()) / float(enhancing.sum()) > 0.7
