@@ -48,6 +48,16 @@ def _register() -> None:
 
     cli.command("bench", help="Speed and memory benchmarks; JSON plus a Markdown table.")(bench)
 
+    from training.train_cli import train
+
+    cli.command("train", help="Train a network (phantom, DICOM or NIfTI data) and export its model folder.")(train)
+
+    from training.evaluate_cli import evaluate
+
+    cli.command("evaluate", help="Score a model on phantom subjects through the pipeline, beside the baselines.")(
+        evaluate
+    )
+
 
 _register()
 

@@ -126,8 +126,14 @@ class NormalizationSpec(_Strict):
         Divide the local std by the std of a unit normal truncated at +-clip_sigma (0.88 at 2), so that
         (z~ - m) / s has unit noise; ``False`` keeps the paper's plain estimate.
     local_iterations:
-        1 = the paper (one pass, global threshold); 2 = re-threshold at +-clip_sigma of the local estimate once,
-        which keeps the noise unit-scale where the noise level varies in space.
+        1 = the paper (one pass, global +-clip_sigma threshold; the default); n > 1 re-thresholds n - 1 times at
+        +-clip_sigma of the local estimate. With ``local_region="image"`` a second pass evens out spatially
+        varying noise; inside the brain it changes the normalized noise by under 1% (phantom), so it is off.
+    local_region:
+        Voxels the local statistics use: ``brain`` (default) or the whole ``image``. The paper does not restrict
+        them; but where the window reaches past the brain (always, on coarse grids), air and bone with their lower
+        noise pull s down and the brain's normalized noise rises above 1 (measured 1.09 to 1.17 on the small
+        phantom with ``image``, 0.97 to 0.99 with ``brain``).
     clip_percentiles:
         minmax: brain percentiles mapped to 0 and 1 (values outside are clipped).
     zscore_clip:
@@ -143,7 +149,8 @@ class NormalizationSpec(_Strict):
     local_sigma: float = Field(default=16.0, gt=0.0)
     local_sigma_unit: Literal["voxel", "mm"] = "voxel"
     truncation_correction: bool = True
-    local_iterations: int = Field(default=2, ge=1, le=5)
+    local_iterations: int = Field(default=1, ge=1, le=5)
+    local_region: Literal["brain", "image"] = "brain"
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     zscore_clip: float | None = None
     mask_outside_brain: bool = False

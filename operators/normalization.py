@@ -287,11 +287,12 @@ class DifferentialNormalization:
         k = spec.clip_sigma
         factor = truncated_std_factor(k) if spec.truncation_correction else 1.0
         sigma_vox = self.sigma_vox(spacing_zyx)
-        keep = np.abs(z_tilde) <= k * sigma
+        region = brain if spec.local_region == "brain" else np.True_
+        keep = (np.abs(z_tilde) <= k * sigma) & region
         m, s = local_mean_std(z_tilde, keep, sigma_vox, fill_std=sigma * factor)
         s /= np.float32(factor)
         for _ in range(spec.local_iterations - 1):
-            keep = np.abs(z_tilde - m) <= k * s
+            keep = (np.abs(z_tilde - m) <= k * s) & region
             m, s = local_mean_std(z_tilde, keep, sigma_vox, fill_std=sigma * factor)
             s /= np.float32(factor)
         np.maximum(s, np.float32(1e-3 * sigma), out=s)
@@ -310,6 +311,7 @@ class DifferentialNormalization:
             "truncation_factor": factor,
             "local_sigma_vox": list(sigma_vox),
             "local_iterations": spec.local_iterations,
+            "local_region": spec.local_region,
             "brain_voxels": int(brain.sum()),
         }
         logger.info(

@@ -87,3 +87,18 @@ class TestFailures:
         operator = BrainMaskOperator(Fragment(), name="brain_mask")
         assert operator.input_name_volumes == "volumes"
         assert operator.output_name_mask == "brain_mask"
+
+
+class TestPhantom:
+    @pytest.mark.parametrize(
+        "options", [{}, {"t1_orientation": "axial", "vendor": "ge"}], ids=["sagittal-siemens", "axial-ge"]
+    )
+    def test_mask_matches_the_phantom_brain(self, options: dict[str, str]) -> None:
+        from operators.roles import Role
+        from tests.operators.phantom_case import phantom_case
+
+        case = phantom_case(4, **options)
+        result = brain_mask(case.volumes[Role.T1_PRE].image)
+        truth = case.truth("brain_mask") > 0
+        assert result.array().shape == truth.shape
+        assert dice(result.array(), truth) > 0.95

@@ -245,3 +245,46 @@ class TestOperatorChain:
         core = ndimage.binary_erosion(enhancing, iterations=1)
         assert float(np.mean(synthetic[core] - pair["x_pc"][core])) > 0.5 * 3.0 * 60.0 / DOSE
         assert float((result.mask & enhancing).sum()) / float(enhancing.sum()) > 0.7
+
+
+class TestPhantomBaseline:
+    def test_enhancing_lesions_brighter_than_t1_pre(self) -> None:
+        """A phantom with one solid, one ring-enhancing and one non-enhancing lesion, through the whole chain."""
+        from operators.brain_mask_operator import brain_mask
+        from operators.registration_operator import register_volumes
+        from tests.operators.phantom_case import phantom_case
+        from training.phantom import LesionSpec
+
+        lesions = (
+            LesionSpec("metastasis", 16.0),
+            LesionSpec("ring_metastasis", 20.0),
+            LesionSpec("nonenhancing", 16.0),
+        )
+        case = phantom_case(2, lesions=lesions)
+        manifest = ModelManifest.load(BASELINE)
+        study = register_volumes(case.volumes, roles=tuple(manifest.required_roles))
+        mask = brain_mask(case.volumes[Role.T1_PRE].image)
+        normalized = normalize(study, mask, manifest, contrast=case.selection.contrast)
+        result = postprocess(infer(normalized), normalized)
+        synthetic = sitk.GetArrayFromImage(result.synthetic)
+        x_pc = sitk.GetArrayFromImage(case.volumes[Role.T1_PRE].image)
+        dose = case.selection.contrast[Role.T1_LOW_DOSE].dose
+        assert dose is not None and dose == pytest.approx(case.params["contrast"]["low_dose"], rel=0.02)
+
+        brain = mask.array()
+        assert normalized.x_ld is not None
+        expected = np.maximum(x_pc + (normalized.x_ld - x_pc) / dose, 0.0)
+        np.testing.assert_allclose(synthetic[brain], expected[brain], rtol=1e-4, atol=0.05)
+        np.testing.assert_allclose(synthetic[~brain], np.maximum(x_pc[~brain], 0.0), atol=1e-3)
+
+        labels, y_sd = case.truth("lesions"), case.truth("y_sd")
+        gains = {}
+        for lesion in case.params["lesions"]:
+            inside = labels == lesion["id"]
+            if lesion["enhancing"]:
+                inside &= y_sd > 0.25 * float(y_sd[inside].max())
+            gains[lesion["type"]] = float(np.mean(synthetic[inside] - x_pc[inside]))
+            if lesion["enhancing"]:
+                assert gains[lesion["type"]] > 0.5 * float(np.mean(y_sd[inside])), lesion["type"]
+                assert float(result.mask[inside].mean()) > 0.5, lesion["type"]
+        assert abs(gains["nonenhancing"]) < 0.2 * min(gains["metastasis"], gains["ring_metastasis"])

@@ -1,0 +1,249 @@
+"""Tests of `gadsynth train`: a tiny model trained a few steps on phantoms, checkpointed, resumed, exported."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from app.cli import cli
+from operators.inference_operator import get_session, predict_volume
+from operators.model_manifest import ModelMode, OutputScale, load_manifest
+from training.datasets import load_sample
+from training.networks import DifferentialUNet, DifferentialUNetConfig
+from training.train import TrainConfig, load_checkpoint
+
+STEPS = 24
+HALF = STEPS // 2
+
+
+def _args(root: Path, name: str, *extra: str) -> list[str]:
+    """A tiny differential run: 4 channels, patch 32, two phantom subjects, one held-out validation subject."""
+    return [
+        "train",
+        "--out",
+        str(root / "models" / name),
+        "--steps",
+        str(STEPS),
+        "--patch",
+        "32",
+        "--batch",
+        "2",
+        "--data",
+        "phantom:0-1",
+        "--val",
+        "phantom:900",
+        "--width",
+        "4",
+        "--embedding-dim",
+        "16",
+        "--lr",
+        "2e-3",
+        "--lr-min",
+        "2e-4",
+        "--margin",
+        "4",
+        "--checkpoint-every",
+        str(HALF),
+        "--val-every",
+        str(HALF),
+        "--working-set",
+        "2",
+        "--threads",
+        "1",
+        "--work",
+        str(root / "work" / name),
+        "--cache",
+        str(root / "cache"),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _invoke(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """`gadsynth train` once through, then resumed from its half-way checkpoint into another work folder."""
+    root = tmp_path_factory.mktemp("train")
+    code, output = _invoke(_args(root, "ce-tiny"))
+    assert code == 0, output
+    history = json.loads((root / "work" / "ce-tiny" / "history.json").read_text())
+    halfway = root / "work" / "ce-tiny" / "checkpoints" / f"step_{HALF:07d}.pt"
+    code, resumed_output = _invoke(_args(root, "ce-tiny-resumed", "--resume", str(halfway)))
+    assert code == 0, resumed_output
+    resumed = json.loads((root / "work" / "ce-tiny-resumed" / "history.json").read_text())
+    return {"root": root, "output": output, "history": history, "resumed": resumed, "halfway": halfway}
+
+
+class TestTrainCommand:
+    def test_loss_decreases(self, run: dict[str, object]) -> None:
+        history = run["history"]
+        assert isinstance(history, dict)
+        losses = [entry["loss"] for entry in history["train"]]
+        assert len(losses) == STEPS and all(math.isfinite(v) for v in losses)
+        validation = history["val"]
+        assert [entry["step"] for entry in validation] == [0, HALF, STEPS]
+        # the held-out validation patches are fixed: their loss falls, and below the loss of predicting no
+        # enhancement at all (which a network whose ReLU output died would score exactly)
+        assert validation[-1]["loss"] < validation[1]["loss"] < validation[0]["loss"]
+        assert validation[-1]["loss"] < history["val_baseline"]
+        lrs = [entry["lr"] for entry in history["train"]]
+        assert lrs[0] == pytest.approx(2e-3) and all(a > b for a, b in itertools.pairwise(lrs))
+        assert "validation loss" in str(run["output"]) and "s/step" in str(run["output"])
+
+    def test_checkpoints(self, run: dict[str, object]) -> None:
+        root = Path(str(run["root"]))
+        folder = root / "work" / "ce-tiny" / "checkpoints"
+        assert sorted(p.name for p in folder.glob("*.pt")) == ["last.pt", f"step_{HALF:07d}.pt", f"step_{STEPS:07d}.pt"]
+        state = load_checkpoint(folder / "last.pt")
+        assert state["step"] == STEPS
+        assert set(state) >= {"network", "optimizer", "scheduler", "torch_rng", "identity", "history", "gamma_ratios"}
+        assert state["scheduler"]["last_epoch"] == STEPS
+        assert DifferentialUNetConfig.from_dict(state["network_config"]).base_width == 4
+        assert len(state["gamma_ratios"]) == 2  # both training subjects
+        network = DifferentialUNet(DifferentialUNetConfig.from_dict(state["network_config"]))
+        network.load_state_dict(state["network"])
+
+    def test_resume_is_bit_identical(self, run: dict[str, object]) -> None:
+        history, resumed = run["history"], run["resumed"]
+        assert isinstance(history, dict) and isinstance(resumed, dict)
+        assert [e["step"] for e in resumed["train"]] == list(range(1, STEPS + 1))
+        assert resumed["train"] == history["train"]  # the resumed steps give exactly the same losses
+        assert resumed["val"] == history["val"]
+        assert resumed["timing"]["steps_timed"] == STEPS - HALF
+        root = Path(str(run["root"]))
+        a = load_checkpoint(root / "work" / "ce-tiny" / "checkpoints" / "last.pt")["network"]
+        b = load_checkpoint(root / "work" / "ce-tiny-resumed" / "checkpoints" / "last.pt")["network"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def test_exported_model_folder(self, run: dict[str, object]) -> None:
+        root = Path(str(run["root"]))
+        manifest = load_manifest(root / "models", "ce-tiny")
+        assert manifest.mode == ModelMode.LOW_DOSE_DIFFERENTIAL
+        assert manifest.output.scale == OutputScale.LOCAL_STD
+        state = load_checkpoint(root / "work" / "ce-tiny" / "checkpoints" / "last.pt")
+        ratios = list(state["gamma_ratios"].values())
+        assert manifest.output.gamma == pytest.approx(sum(ratios) / len(ratios))
+        record = json.loads((manifest.folder / "training.json").read_text())
+        assert record["training"]["steps"] == STEPS and record["training"]["data_specs"] == "phantom:0-1"
+        assert record["onnx_check"]["max_abs_difference"] <= 1e-4
+        card = (manifest.folder / "MODEL_CARD.md").read_text()
+        assert "Synthetic phantoms only" in card and "not for diagnosis" in card.lower()
+        # the exported model runs in the pipeline's inference code on a whole training sample
+        sample = load_sample(next((root / "cache").glob("phantom-000000.*.npz")))
+        assert sample.condition is not None
+        output, _ = predict_volume(get_session(manifest), manifest, sample.image, sample.condition)
+        network = DifferentialUNet(DifferentialUNetConfig.from_dict(record["network"]))
+        network.load_state_dict(state["network"])
+        with torch.no_grad():
+            expected = network.eval()(torch.from_numpy(sample.image[None]), torch.from_numpy(sample.condition[None]))
+        assert output.shape == (1, *sample.shape)
+        assert float(np.abs(output - expected[0].numpy()).max()) <= 1e-4
+
+    def test_zero_dose_model(self, tmp_path: Path) -> None:
+        args = [
+            "train",
+            "--model",
+            "zerodose",
+            "--out",
+            str(tmp_path / "models" / "ce-zd-tiny"),
+            "--steps",
+            "2",
+            "--patch",
+            "16",
+            "--batch",
+            "1",
+            "--data",
+            "phantom:0",
+            "--val",
+            "none",
+            "--width",
+            "2",
+            "--depth",
+            "2",
+            "--margin",
+            "2",
+            "--work",
+            str(tmp_path / "work"),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--no-progress",
+        ]
+        code, output = _invoke(args)
+        assert code == 0, output
+        manifest = load_manifest(tmp_path / "models", "ce-zd-tiny")
+        assert manifest.mode == ModelMode.ZERO_DOSE_DIRECT
+        assert manifest.channel_names == ["t1_pre", "t2", "flair"]
+        sample = load_sample(next((tmp_path / "cache").glob("phantom-000000.*.npz")))
+        assert sample.image.shape[0] == 3 and sample.condition is None
+        assert float(sample.target.min()) >= 0.0 and float(sample.target.max()) <= 1.0  # x_SD in t1_pre's [0, 1]
+
+    def test_prepare_only(self, run: dict[str, object], tmp_path: Path) -> None:
+        root = Path(str(run["root"]))
+        args = _args(root, "ce-prepared", "--prepare-only")
+        args[args.index("--cache") + 1] = str(tmp_path / "cache")
+        args[args.index("--data") + 1] = "phantom:1"
+        args[args.index("--val") + 1] = "phantom:900"
+        code, output = _invoke(args)
+        assert code == 0 and "Prepared 2 samples" in output  # one training subject, one validation subject
+        names = sorted(p.name.split(".")[0] for p in (tmp_path / "cache").glob("*.npz"))
+        assert names == ["phantom-000001", "phantom-000900"]
+        assert not (root / "models" / "ce-prepared").exists()
+        for path in (tmp_path / "cache").glob("*.npz"):  # the same samples the training run cached
+            np.testing.assert_array_equal(load_sample(path).image, load_sample(root / "cache" / path.name).image)
+
+
+class TestTrainErrors:
+    def test_resume_from_another_run(self, run: dict[str, object]) -> None:
+        root = Path(str(run["root"]))
+        code, output = _invoke(_args(root, "ce-other", "--seed", "7", "--resume", str(run["halfway"])))
+        assert code == 2
+        assert "cannot resume from" in output and "seed: checkpoint 0, now 7" in output
+
+    def test_model_folder_not_empty(self, run: dict[str, object]) -> None:
+        code, output = _invoke(_args(Path(str(run["root"])), "ce-tiny"))
+        assert code == 2 and "exists and is not empty; pass --overwrite" in output
+
+    @pytest.mark.parametrize(
+        ("extra", "message"),
+        [
+            (["--data", "phantoms:0-3"], "must be phantom:A-B"),
+            (["--model", "unet"], "--model must be one of"),
+            (["--loss", "hinge"], "loss kind must be one of"),
+            (["--margin", "16"], "leaves nothing of a 32-voxel patch"),
+            (["--val", "phantom:1"], "validation subjects are also training subjects"),
+            (["--exclude-pair", "gadoterate"], "must be AGENT@FIELD"),
+        ],
+    )
+    def test_bad_options(self, tmp_path: Path, extra: list[str], message: str) -> None:
+        args = _args(tmp_path, "ce-bad")
+        if "--data" in extra or "--val" in extra or "--margin" in extra:
+            flag = extra[0]
+            index = args.index(flag)
+            args[index + 1] = extra[1]
+        else:
+            args += extra
+        code, output = _invoke(args)
+        assert code == 2 and message in output
+
+    def test_direct_patch_must_fit_the_divisor(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="must be a multiple of 16"):
+            TrainConfig(model="direct", out=tmp_path / "m", patch=40)
+
+    def test_not_a_checkpoint(self, tmp_path: Path) -> None:
+        path = tmp_path / "x.pt"
+        torch.save({"hello": 1}, path)
+        with pytest.raises(ValueError, match="is not a GadSynth training checkpoint"):
+            load_checkpoint(path)
