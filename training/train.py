@@ -27,7 +27,9 @@ from training.datasets import (
     PhantomVariation,
     SampleCache,
     SubjectStream,
+    load_sample,
     parse_data_spec,
+    save_sample,
     validation_batches,
 )
 from training.export import write_model_folder
@@ -106,6 +108,9 @@ class TrainConfig:
         Replace a non-empty model folder at the end.
     progress:
         Show a tqdm progress bar.
+    device:
+        ``cpu``, ``cuda`` or ``auto`` (CUDA when available). Not part of ``identity()``: a run trained on a GPU
+        resumes (or exports) on a CPU; only CPU runs resume bit-identically.
     """
 
     model: ModelKind = "differential"
@@ -134,6 +139,7 @@ class TrainConfig:
     version: str = "0.1.0"
     overwrite: bool = False
     progress: bool = True
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.model not in _MODEL_KINDS:
@@ -147,6 +153,8 @@ class TrainConfig:
             raise ValueError(f"margin {self.margin} leaves nothing of a {self.patch}-voxel patch")
         if not self.data:
             raise ValueError("at least one --data source is needed")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise ValueError(f"--device must be cpu, cuda[:N] or auto; found {self.device!r}")
         patches = self.patches or PatchSettings()
         object.__setattr__(self, "patches", dataclasses.replace(patches, size=(self.patch,) * 3))
         divisor = network_config(self).spatial_divisor
@@ -199,7 +207,16 @@ class TrainConfig:
             "val_every": self.val_every,
             "out": str(self.out),
             "version": self.version,
+            "device": self.device,
         }
+
+    def torch_device(self) -> torch.device:
+        """The device to train on (``auto``: CUDA when torch sees one)."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: torch {torch.__version__} sees no CUDA device here")
+        return torch.device(self.device)
 
 
 def network_config(config: TrainConfig) -> NetworkConfig:
@@ -258,13 +275,17 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _tensors(batch: Batch) -> dict[str, torch.Tensor]:
-    return {key: torch.from_numpy(value) for key, value in batch.items()}
+def _tensors(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: torch.from_numpy(value).to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def _device_of(network: torch.nn.Module) -> torch.device:
+    return next(network.parameters()).device
 
 
 def batch_loss(network: torch.nn.Module, batch: Batch, loss: LossConfig) -> torch.Tensor:
-    """The loss of one batch (the network gets the condition only when the batch has one)."""
-    tensors = _tensors(batch)
+    """The loss of one batch on the network's device (the network gets the condition only when the batch has one)."""
+    tensors = _tensors(batch, _device_of(network))
     prediction = network(tensors["image"], tensors.get("condition"))
     return compute_loss(loss, prediction, tensors["target"], brain=tensors["brain"], p=tensors["p"])
 
@@ -350,11 +371,13 @@ def _history_file(config: TrainConfig) -> Path:
     return config.work / "history.json"
 
 
-def prepare(config: TrainConfig) -> list[str]:
+def prepare(config: TrainConfig, *, pack_to: Path | None = None) -> list[str]:
     """Build (and cache) every sample a run will use, training and validation, without training.
 
     Run it beforehand, or in a second process beside a ``--threads 1`` run, so that the training loop finds its
-    samples cached. Returns the subject keys prepared.
+    samples cached. With ``pack_to``, the run's samples are also copied there in compact form (float16,
+    compressed, same file names): a cache to carry to a GPU machine that has no preprocessing stack
+    (``--cache PACK --device cuda`` there). Returns the subject keys prepared.
 
     Raises
     ------
@@ -368,14 +391,19 @@ def prepare(config: TrainConfig) -> list[str]:
     positions = sampler.positions_used(config.steps)
     if stream.endless_start is None:
         positions = range(min(len(positions), len(stream)))  # each subject of a finite pool once
-    keys = []
+    subjects = []
     for position in tqdm(positions, desc="prepare samples", unit="subject", disable=not config.progress):
-        keys.append(sampler.load(position).subject.key)
+        subjects.append(sampler.load(position).subject)
     for subject in (s for spec in config.val for s in parse_data_spec(spec).subjects()):
         cache.get(subject)
-        keys.append(subject.key)
-    logger.info("prepared %d samples in %s", len(keys), config.cache)
-    return keys
+        subjects.append(subject)
+    logger.info("prepared %d samples in %s", len(subjects), config.cache)
+    if pack_to is not None:
+        for subject in subjects:
+            path = cache.path(subject)
+            save_sample(load_sample(path), Path(pack_to) / path.name, compact=True)
+        logger.info("packed %d samples into %s", len(subjects), pack_to)
+    return [s.key for s in subjects]
 
 
 def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
@@ -415,12 +443,15 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
     if overlap:
         raise ValueError(f"validation subjects are also training subjects: {overlap[:5]}")
     loss_config = config.loss_config
+    device = config.torch_device()
     with _torch_threads(config.threads):
         torch.manual_seed(config.seed)
-        network = build_network(network_config(config))
+        network = build_network(network_config(config)).to(device)
         optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, betas=(0.9, 0.999))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr_min)
         history: dict[str, Any] = {"train": [], "val": []}
+        timing = {"data": 0.0, "compute": 0.0, "steps": 0}
+        devices: list[str] = []
         start = 0
         if resume is not None:
             state = load_checkpoint(resume)
@@ -431,6 +462,8 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
             torch.set_rng_state(state["torch_rng"])
             history = {"train": list(state["history"]["train"]), "val": list(state["history"]["val"])}
             sampler.gamma_ratios.update(state["gamma_ratios"])
+            timing.update(state.get("timing", {}))
+            devices = list(state.get("devices", []))
             start = int(state["step"])
             logger.info("resumed %s at step %d of %d", resume, start, config.steps)
         val = validation_batches(
@@ -446,7 +479,8 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
             history["val"].append({"step": 0, "loss": _validate(network, val, loss_config)})
         network.train()
         checkpoint = config.work / "checkpoints" / "last.pt"
-        timing = {"data": 0.0, "compute": 0.0, "steps": 0}
+        if start < config.steps:
+            devices.append(_describe_device(device))
         bar = tqdm(
             total=config.steps, initial=start, desc=f"train {config.name}", unit="step", disable=not config.progress
         )
@@ -459,6 +493,8 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
                 loss = batch_loss(network, batch, loss_config)
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)  # honest per-step timing
                 lr = float(scheduler.get_last_lr()[0])
                 scheduler.step()
                 value = float(loss.detach())
@@ -487,12 +523,14 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
                         "torch_rng": torch.get_rng_state(),
                         "history": history,
                         "gamma_ratios": dict(sampler.gamma_ratios),
+                        "timing": dict(timing),
+                        "devices": devices,
                     }
                     _save_checkpoint(config.work / "checkpoints" / f"step_{done:07d}.pt", state)
                     checkpoint = _save_checkpoint(config.work / "checkpoints" / "last.pt", state)
         finally:
             bar.close()
-        network.eval()
+        network = network.cpu().eval()
         seconds_per_step = (timing["data"] + timing["compute"]) / max(timing["steps"], 1)
         gamma = _gamma(config, sampler)
         history["timing"] = {
@@ -500,6 +538,7 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
             "seconds_per_step": seconds_per_step,
             "data_seconds_per_step": timing["data"] / max(timing["steps"], 1),
             "compute_seconds_per_step": timing["compute"] / max(timing["steps"], 1),
+            "devices": devices,
         }
         history["failed_subjects"] = sampler.failed
         config.work.mkdir(parents=True, exist_ok=True)
@@ -508,12 +547,20 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
     return TrainResult(exported, checkpoint, history, gamma, seconds_per_step)
 
 
+def _describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA, torch {torch.__version__})"
+    return f"CPU, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
 def _gamma(config: TrainConfig, sampler: PatchSampler) -> float | None:
     """The paper's gamma over every subject the run trained on (loading any not seen in this process)."""
     if config.model != "differential":
         return None
     for position in sampler.positions_used(config.steps):
-        sampler.load(position)
+        key = sampler.stream.at(position).key
+        if key not in sampler.gamma_ratios and key not in sampler.failed:  # each subject once, not each position
+            sampler.load(position)
     ratios = list(sampler.gamma_ratios.values())
     return math.fsum(ratios) / len(ratios) if ratios else 1.0
 
@@ -536,7 +583,8 @@ def _export(
         "seed": config.seed,
         "final_train_loss": round(float(np.mean(tail)), 6) if tail else None,
         "final_validation_loss": round(val_losses[-1], 6) if val_losses else None,
-        "seconds_per_step": round(history["timing"]["seconds_per_step"], 3),
+        "seconds_per_step": round(history["timing"]["seconds_per_step"], 4),
+        "trained_on": "; ".join(history["timing"]["devices"]) or "unknown",
     }
     if gamma is not None:
         summary["gamma"] = round(gamma, 6)

@@ -70,6 +70,11 @@ def train(
     prepare_only: Annotated[
         bool, typer.Option(help="Only build the sample cache for this run (e.g. in a second process), then stop.")
     ] = False,
+    pack_to: Annotated[
+        Path | None,
+        typer.Option(help="With --prepare-only: also copy the run's samples here, compact, to train elsewhere."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto (CUDA when available).")] = "cpu",
 ) -> None:
     """Train a network on phantom, DICOM or NIfTI data (preprocessed by the pipeline's own code), checkpoint it,
     and export it as a model folder (ONNX, manifest, sha256, model card)."""
@@ -118,11 +123,13 @@ def train(
             version=version,
             overwrite=overwrite,
             progress=progress,
+            device=device,
         )
         config.loss_config  # noqa: B018  # validates --loss before any data is prepared
         if prepare_only:
-            keys = prepare(config)
-            typer.echo(f"Prepared {len(keys)} samples in {config.cache}")
+            keys = prepare(config, pack_to=pack_to)
+            packed = f", packed into {pack_to}" if pack_to else ""
+            typer.echo(f"Prepared {len(keys)} samples in {config.cache}{packed}")
             return
         result = run_training(config, resume=resume)
     except InputDicomError as error:
@@ -142,3 +149,7 @@ def train(
     typer.echo(f"  checkpoint: {result.checkpoint}")
     if result.manifest is not None:
         typer.echo(f"  model: {config.out} (sha256 {result.manifest.sha256[:12]})")
+
+
+if __name__ == "__main__":  # `python -m training.train_cli`: training where only the training stack is installed
+    typer.run(train)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +124,7 @@ class TestTrainCommand:
         assert [e["step"] for e in resumed["train"]] == list(range(1, STEPS + 1))
         assert resumed["train"] == history["train"]  # the resumed steps give exactly the same losses
         assert resumed["val"] == history["val"]
-        assert resumed["timing"]["steps_timed"] == STEPS - HALF
+        assert resumed["timing"]["steps_timed"] == STEPS  # timing carries over the resume: the whole run's s/step
         root = Path(str(run["root"]))
         a = load_checkpoint(root / "work" / "ce-tiny" / "checkpoints" / "last.pt")["network"]
         b = load_checkpoint(root / "work" / "ce-tiny-resumed" / "checkpoints" / "last.pt")["network"]
@@ -203,6 +205,70 @@ class TestTrainCommand:
         assert not (root / "models" / "ce-prepared").exists()
         for path in (tmp_path / "cache").glob("*.npz"):  # the same samples the training run cached
             np.testing.assert_array_equal(load_sample(path).image, load_sample(root / "cache" / path.name).image)
+
+
+    def test_pack_for_another_machine(self, run: dict[str, object], tmp_path: Path) -> None:
+        """--pack-to copies the run's samples as float16, compressed, under the same names."""
+        root = Path(str(run["root"]))
+        args = _args(root, "ce-packed", "--prepare-only", "--pack-to", str(tmp_path / "pack"))
+        code, output = _invoke(args)
+        assert code == 0 and "packed into" in output
+        packed = sorted((tmp_path / "pack").glob("*.npz"))
+        assert [p.name for p in packed] == sorted(p.name for p in (root / "cache").glob("*.npz"))
+        for path in packed:
+            original = load_sample(root / "cache" / path.name)
+            compact = load_sample(path)
+            with np.load(path) as raw:
+                assert raw["image"].dtype == np.float16
+            assert compact.image.dtype == np.float32  # read back as float32
+            assert path.stat().st_size < 0.5 * (root / "cache" / path.name).stat().st_size
+            for name in ("image", "target", "p", "focus"):
+                a, b = getattr(original, name), getattr(compact, name)
+                np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(a).max())))
+            np.testing.assert_array_equal(compact.brain, original.brain)
+            assert compact.meta == original.meta
+
+    def test_trains_from_a_pack_without_the_preprocessing_stack(self, run: dict[str, object], tmp_path: Path) -> None:
+        """`python -m training.train_cli` on a packed cache needs neither SimpleITK, pydicom, nilearn nor scipy."""
+        root = Path(str(run["root"]))
+        code, output = _invoke(_args(root, "ce-packed", "--prepare-only", "--pack-to", str(tmp_path / "pack")))
+        assert code == 0, output
+        args = _args(tmp_path, "ce-from-pack", "--device", "auto")
+        args[args.index("--steps") + 1] = "2"
+        args[args.index("--cache") + 1] = str(tmp_path / "pack")
+        blocked = ["SimpleITK", "pydicom", "nilearn", "nibabel", "highdicom", "scipy", "holoscan", "monai"]
+        program = (
+            "import runpy, sys\n"
+            f"for name in {blocked!r}:\n"
+            "    sys.modules[name] = None  # importing it now raises ImportError\n"
+            f"sys.argv = ['train_cli', *{args[1:]!r}]\n"
+            "runpy.run_module('training.train_cli', run_name='__main__')\n"
+        )
+        result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Trained ce-from-pack: 2 steps" in result.stdout
+        record = json.loads((tmp_path / "models" / "ce-from-pack" / "training.json").read_text())
+        assert record["training"]["trained_on"].startswith("CPU")
+
+    def test_export_from_the_final_checkpoint(self, run: dict[str, object]) -> None:
+        """Resuming a finished run only exports (how a run trained elsewhere becomes a model folder here)."""
+        root = Path(str(run["root"]))
+        final = root / "work" / "ce-tiny" / "checkpoints" / "last.pt"
+        args = _args(root, "ce-reexported", "--resume", str(final))
+        code, output = _invoke(args)
+        assert code == 0, output
+        original = json.loads((root / "models" / "ce-tiny" / "training.json").read_text())["training"]
+        again = json.loads((root / "models" / "ce-reexported" / "training.json").read_text())["training"]
+        for key in ("seconds_per_step", "final_train_loss", "final_validation_loss", "gamma", "trained_on"):
+            assert again[key] == original[key], key
+        a = load_manifest(root / "models", "ce-tiny")
+        b = load_manifest(root / "models", "ce-reexported")
+        assert a.output.gamma == b.output.gamma
+        session_a, session_b = get_session(a), get_session(b)
+        image = np.random.default_rng(0).standard_normal((1, 3, 32, 32, 32)).astype(np.float32)
+        condition = np.asarray([[0.2, 3.0, 4.5, 0.03]], dtype=np.float32)
+        feeds = {a.input_tensor: image, a.condition_tensor: condition}
+        np.testing.assert_allclose(session_a.run(None, feeds)[0], session_b.run(None, feeds)[0], atol=1e-6)
 
 
 class TestTrainErrors:

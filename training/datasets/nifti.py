@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import SimpleITK as sitk
-
-from operators.brain_mask_operator import BrainMask
 from operators.errors import InputDicomError
 from operators.model_manifest import ModelManifest
 from operators.roles import Role, canonical_agent, relaxivity
-from operators.study import ContrastInfo, Series, Volume
 from training.datasets.sample import Sample, sample_from_volumes, training_roles
+
+if TYPE_CHECKING:
+    from operators.study import Volume
 
 __all__ = ["NIFTI_SIDECAR", "nifti_subjects", "read_sidecar", "sample_from_nifti"]
 
@@ -85,6 +84,10 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
 
 
 def _nifti_volume(path: Path, role: Role | None, subject: str) -> Volume:
+    import SimpleITK as sitk
+
+    from operators.study import Series, Volume
+
     image = sitk.ReadImage(str(path), sitk.sitkFloat32)
     series = Series(
         series_instance_uid=f"nifti:{subject}/{path.name}",
@@ -106,6 +109,11 @@ def sample_from_nifti(folder: Path, manifest: ModelManifest, *, source: dict[str
     InputDicomError
         When a role's file or the sidecar is missing or invalid, or a later stage fails.
     """
+    import SimpleITK as sitk
+
+    from operators.brain_mask_operator import BrainMask
+    from operators.study import ContrastInfo
+
     folder = Path(folder)
     sidecar = read_sidecar(folder)
     volumes: dict[Role, Volume] = {}

@@ -10,26 +10,24 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import SimpleITK as sitk
 import torch
-from scipy import ndimage
 
-from operators.brain_mask_operator import BrainMask, brain_mask
-from operators.errors import NoMatchingSeriesError, describe_series
 from operators.model_manifest import ModelManifest, NormalizationKind
-from operators.normalization import DifferentialNormalization
-from operators.normalization_operator import normalize
-from operators.registration_operator import register_volumes
 from operators.roles import Role
-from operators.series_selector_operator import select_roles
-from operators.series_to_volume_operator import build_volumes
-from operators.study import ContrastInfo, Volume
-from operators.study_loader_operator import load_study
 from training.losses import contrast_target
 from training.manifests import noise_scale_gamma
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+    from operators.brain_mask_operator import BrainMask
+    from operators.study import ContrastInfo, Volume
+
+# The preprocessing modules (SimpleITK, the pipeline's operators) are imported where a sample is built, so that a
+# machine that only trains from a prepared cache (e.g. a GPU box) needs numpy, torch and pydantic alone.
 
 __all__ = [
     "FOCUS_SIGMA_MM",
@@ -109,6 +107,8 @@ def training_roles(manifest: ModelManifest) -> tuple[Role, ...]:
 @contextlib.contextmanager
 def _itk_threads(threads: int | None) -> Iterator[None]:
     """Temporarily set SimpleITK's default number of threads (None: leave it)."""
+    import SimpleITK as sitk
+
     if threads is None:
         yield
         return
@@ -121,6 +121,8 @@ def _itk_threads(threads: int | None) -> Iterator[None]:
 
 
 def _array(image: sitk.Image) -> np.ndarray:
+    import SimpleITK as sitk
+
     return np.asarray(sitk.GetArrayFromImage(image), dtype=np.float32)
 
 
@@ -187,6 +189,14 @@ def sample_from_volumes(
     InputDicomError
         From registration, brain masking or normalization (see those functions).
     """
+    from scipy import ndimage
+
+    from operators.brain_mask_operator import brain_mask
+    from operators.errors import NoMatchingSeriesError, describe_series
+    from operators.normalization import DifferentialNormalization
+    from operators.normalization_operator import normalize
+    from operators.registration_operator import register_volumes
+
     roles = training_roles(manifest)
     missing = [r.value for r in roles if r not in volumes]
     if missing:
@@ -284,6 +294,10 @@ def sample_from_dicom(
     InputDicomError
         When the folder holds no usable study, a needed role is missing, or a later stage fails.
     """
+    from operators.series_selector_operator import select_roles
+    from operators.series_to_volume_operator import build_volumes
+    from operators.study_loader_operator import load_study
+
     study = load_study(Path(study_dir))
     selection = select_roles(
         study,
@@ -298,15 +312,18 @@ def sample_from_dicom(
     return sample_from_volumes(volumes, selection.contrast, manifest, source=info)
 
 
-def save_sample(sample: Sample, path: Path) -> Path:
-    """Write a sample as an uncompressed .npz (atomically: a partial file never has the final name)."""
+def save_sample(sample: Sample, path: Path, *, compact: bool = False) -> Path:
+    """Write a sample as an .npz (atomically: a partial file never has the final name).
+
+    ``compact`` stores the float arrays as float16, zlib-compressed (about a third of the size; the normalized
+    values are O(1), so the rounding, under 1e-3, is far below the noise level sigma of a few 1e-2). It is for
+    carrying a prepared cache to another machine; ``load_sample`` reads both forms as float32.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    floats = {"image": sample.image, "target": sample.target, "p": sample.p, "focus": sample.focus}
     arrays: dict[str, np.ndarray] = {
-        "image": sample.image,
-        "target": sample.target,
-        "p": sample.p,
-        "focus": sample.focus,
+        **{k: v.astype(np.float16) if compact else v for k, v in floats.items()},
         "brain": sample.brain,
         "meta": np.asarray(json.dumps(sample.meta, default=float)),
     }
@@ -315,12 +332,19 @@ def save_sample(sample: Sample, path: Path) -> Path:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)  # type: ignore[arg-type]
+            if compact:
+                np.savez_compressed(stream, **arrays)  # type: ignore[arg-type]
+            else:
+                np.savez(stream, **arrays)  # type: ignore[arg-type]
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _float32(array: np.ndarray) -> np.ndarray:
+    return array if array.dtype == np.float32 else array.astype(np.float32)
 
 
 def load_sample(path: Path) -> Sample:
@@ -340,11 +364,11 @@ def load_sample(path: Path) -> Sample:
         if meta.get("format") != SAMPLE_FORMAT:
             raise ValueError(f"{path}: sample format {meta.get('format')!r}, expected {SAMPLE_FORMAT}")
         return Sample(
-            image=data["image"],
+            image=_float32(data["image"]),
             condition=data["condition"] if "condition" in names else None,
-            target=data["target"],
-            p=data["p"],
-            focus=data["focus"],
+            target=_float32(data["target"]),
+            p=_float32(data["p"]),
+            focus=_float32(data["focus"]),
             brain=data["brain"],
             meta=meta,
         )

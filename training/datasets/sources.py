@@ -26,8 +26,7 @@ from training.datasets.sample import (
     save_sample,
     training_roles,
 )
-from training.phantom import PhantomOptions, generate_study
-from training.phantom.options import ALL_ROLES
+from training.phantom.options import ALL_ROLES, PhantomOptions
 
 __all__ = [
     "DataSpec",
@@ -318,6 +317,8 @@ class SampleCache:
                 subject.seed, self.variation, roles=[r.value for r in training_roles(self.manifest)]
             )
             self.root.mkdir(parents=True, exist_ok=True)
+            from training.phantom import generate_study
+
             work = Path(tempfile.mkdtemp(prefix=f".{subject.key}.", dir=self.root))
             try:
                 study = generate_study(options, work)
