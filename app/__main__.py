@@ -22,7 +22,11 @@ def _parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, default=None, help="Output folder (default: $HOLOSCAN_OUTPUT_PATH)."
     )
     parser.add_argument("-m", "--model", type=Path, default=None, help="Models folder (default: $HOLOSCAN_MODEL_PATH).")
-    parser.add_argument("--model-name", default=None, help="Model sub-folder to run (default: by preference).")
+    parser.add_argument(
+        "--model-name",
+        default=None,
+        help="Model sub-folder to run (default: chosen by the roles the study has; see app/model_choice.py).",
+    )
     parser.add_argument("--preview", action="store_true", help="Also write preview.png.")
     parser.add_argument("-l", "--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser

@@ -12,7 +12,9 @@ __all__ = ["run"]
 def run(
     in_dir: Path = typer.Argument(..., help="Study folder (DICOM files, searched recursively)."),
     out_dir: Path = typer.Argument(..., help="Output folder: synthetic series, SEG, report.json."),
-    model: str | None = typer.Option(None, "--model", help="Model folder name under the models folder."),
+    model: str | None = typer.Option(
+        None, "--model", help="Model folder name under the models folder (default: chosen by the study's roles)."
+    ),
     models_dir: Path | None = typer.Option(None, "--models-dir", help="Models folder (default: the repository's)."),
     preview: bool = typer.Option(False, "--preview", help="Also write preview.png (a few slices with the overlay)."),
     secondary_capture: bool = typer.Option(False, "--sc", help="Also write a multi-frame Secondary Capture."),

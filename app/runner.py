@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
+from app.model_choice import choose_model
 from operators.errors import InputDicomError
-from operators.model_manifest import ModelManifest, load_manifest
 from operators.roles import Role
-from operators.run_record import RunRecord
+from operators.run_record import RunRecord, StageFailed
 from operators.study import Selection
 from operators.writers.enums import OutputKind, ReportStatus
 from operators.writers.report import (
@@ -28,32 +28,12 @@ from operators.writers.report import (
     write_report,
 )
 
-__all__ = ["DEFAULT_MODELS", "REPORT_NAME", "choose_model", "run_study"]
+__all__ = ["REPORT_NAME", "run_study"]
 
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "report.json"
 PREVIEW_NAME = "preview.png"
-
-#: Models tried in order when the settings name none: the trained differential model once it ships, then the
-#: physics baseline (linear dose scaling).
-DEFAULT_MODELS = ("ce-lowdose-v1", "ce-baseline-linear")
-
-
-def choose_model(models_dir: Path, name: str | None) -> ModelManifest:
-    """Load the named model, or the first of :data:`DEFAULT_MODELS` present in ``models_dir``.
-
-    Raises
-    ------
-    operators.model_manifest.ModelManifestError
-        When the model is missing or its manifest / sha256 is wrong.
-    """
-    if name:
-        return load_manifest(models_dir, name)
-    for candidate in DEFAULT_MODELS:
-        if (models_dir / candidate / "manifest.json").is_file():
-            return load_manifest(models_dir, candidate)
-    return load_manifest(models_dir, DEFAULT_MODELS[-1])  # raises, listing what is there
 
 
 def _emitted(record: RunRecord, port: str) -> Any:
@@ -77,11 +57,13 @@ def _fill_from_selection(report: PipelineReport, selection: Selection) -> None:
     report.contrast = {role.value: ContrastEntry.model_validate(c.to_dict()) for role, c in selection.contrast.items()}
 
 
-def _build_report(record: RunRecord, report: PipelineReport) -> None:
-    """Fill the report from what the stages emitted (whatever got that far)."""
+def _build_report(record: RunRecord, report: PipelineReport, prescan: Selection | None = None) -> None:
+    """Fill the report from what the stages emitted (whatever got that far), else from the model choice's pre-scan."""
     selection = _emitted(record, "selection")
     if isinstance(selection, Selection):
         _fill_from_selection(report, selection)
+    elif prescan is not None:
+        _fill_from_selection(report, prescan)
     volumes = _emitted(record, "volumes")
     if isinstance(volumes, dict):
         for role, volume in volumes.items():
@@ -129,11 +111,11 @@ def run_study(
 ) -> PipelineReport:
     """Run the pipeline once; always write ``output_path/report.json``; return the report.
 
-    The report's ``exit_code`` is 0 on success, 2 when the study is not eligible or broken (the reason is in
-    the report and the log), 1 on an internal error.
+    The model is the one named in the settings, else the one the study's roles call for (``app.model_choice``:
+    a header-only pre-scan before the application is composed); report.json records the choice
+    (``model_choice``). The report's ``exit_code`` is 0 on success, 2 when the study is not eligible (no
+    installed model fits its roles) or broken (the reason is in the report and the log), 1 on an internal error.
     """
-    from app.app import GadSynthApp  # Holoscan is imported only when a run happens
-
     record = RunRecord(job_id=job_id or uuid.uuid4().hex[:12])
     report = PipelineReport(
         status=ReportStatus.OK,
@@ -143,13 +125,32 @@ def run_study(
         output_path=str(output_path),
     )
     output_path.mkdir(parents=True, exist_ok=True)
+    prescan: Selection | None = None
     try:
         if not input_path.exists():
             raise InputDicomError(
                 f"Input folder {input_path} does not exist.", attribute="input", expected="a folder", found="nothing"
             )
-        manifest = choose_model(settings.models_dir, settings.model)
-        logger.info("job %s: model %s %s (sha256 %s)", record.job_id, manifest.name, manifest.version, manifest.sha256)
+        try:
+            with record.stage("choose_model"):
+                choice = choose_model(input_path, settings.models_dir, settings.model, rules=settings.selection_rules)
+                report.model_choice = choice.info
+                prescan = choice.selection
+                manifest = choice.require()
+        except StageFailed:
+            if record.error is None:  # StageFailed is raised only after the error was recorded
+                raise
+            raise record.error from None
+        logger.info(
+            "job %s: model %s %s (sha256 %s): %s",
+            record.job_id,
+            manifest.name,
+            manifest.version,
+            manifest.sha256,
+            choice.info.reason,
+        )
+        from app.app import GadSynthApp  # Holoscan is imported only when a run happens
+
         app = GadSynthApp(
             input_path=input_path, output_path=output_path, manifest=manifest, settings=settings, record=record
         )
@@ -175,7 +176,7 @@ def run_study(
         report.error = ErrorInfo.from_exception(exc)
         report.failed_stage = record.failed_stage
         logger.exception("job %s: internal error", record.job_id)
-    _build_report(record, report)
+    _build_report(record, report, prescan)
     report.timings_s = dict(record.timings)
     report.warnings = list(record.warnings)
     report.finished_at = dt.datetime.now(dt.UTC)

@@ -21,6 +21,8 @@ __all__ = [
     "REPORT_SCHEMA_VERSION",
     "ContrastEntry",
     "ErrorInfo",
+    "ModelCandidate",
+    "ModelChoiceInfo",
     "ModelInfo",
     "NoiseEstimate",
     "OutputEntry",
@@ -121,6 +123,27 @@ class ModelInfo(_Strict):
     providers: list[str] = Field(default_factory=list)
 
 
+class ModelCandidate(_Strict):
+    """One model the automatic choice considered (``app.model_choice.MODEL_RULES``) and whether the study fits it."""
+
+    name: str
+    rule: str  # the row of the choice table, e.g. "low-dose" or "zero-dose"
+    installed: bool
+    required_roles: list[str] = Field(default_factory=list)
+    missing_roles: list[str] = Field(default_factory=list)
+    chosen: bool = False
+
+
+class ModelChoiceInfo(_Strict):
+    """How the model was picked: named in the settings, or by the roles the study has (then ``roles_found``)."""
+
+    chosen: str | None = None
+    named: bool = False
+    reason: str
+    roles_found: dict[str, SeriesSummary] = Field(default_factory=dict)
+    candidates: list[ModelCandidate] = Field(default_factory=list)
+
+
 class OutputEntry(_Strict):
     """One thing the run wrote: a series folder, a single file, the report itself or a preview."""
 
@@ -156,6 +179,7 @@ class PipelineReport(_Strict):
     registration: dict[str, RegistrationFigures] = Field(default_factory=dict)
     noise: NoiseEstimate | None = None
     model: ModelInfo | None = None
+    model_choice: ModelChoiceInfo | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     outputs: list[OutputEntry] = Field(default_factory=list)

@@ -1,0 +1,274 @@
+"""Which model runs on a study: the one named in the settings, else the first installed one its roles fit."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from operators.errors import NoMatchingSeriesError
+from operators.model_manifest import MANIFEST_FILE, ModelManifest, ModelManifestError, load_manifest
+from operators.roles import Role
+from operators.series_selector_operator import select_roles
+from operators.study import Selection, Series
+from operators.study_loader_operator import load_study
+from operators.writers.report import ModelCandidate, ModelChoiceInfo, SeriesSummary
+
+__all__ = ["MODEL_RULES", "ModelChoice", "ModelRule", "choose_by_roles", "choose_model", "choose_named", "scan_roles"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelRule:
+    """One row of the choice table: a study holding every role in ``roles`` runs the first installed ``models``.
+
+    Parameters
+    ----------
+    name:
+        Short name of the row, used in the log and report.json (``model_choice.candidates[].rule``).
+    roles:
+        Roles the study must have. A model's own ``required_roles`` (from its manifest) are required too.
+    models:
+        Model folder names, most preferred first.
+    """
+
+    name: str
+    roles: tuple[Role, ...]
+    models: tuple[str, ...]
+
+
+#: The automatic choice, row by row: the low-dose models when a low-dose T1 exists (the trained differential
+#: model, else the linear dose-scaling baseline), else the zero-dose model when T1 pre, T2 and FLAIR exist. A row
+#: whose models are not installed passes to the next row; a study that fits no installed model is not eligible.
+#: A model named in the settings (``--model-name``, ``gadsynth run --model``, ``GADSYNTH_MODEL``) skips this table.
+MODEL_RULES: tuple[ModelRule, ...] = (
+    ModelRule("low-dose", (Role.T1_PRE, Role.T1_LOW_DOSE), ("ce-lowdose-v1", "ce-baseline-linear")),
+    ModelRule("zero-dose", (Role.T1_PRE, Role.T2, Role.FLAIR), ("ce-zerodose-v1",)),
+)
+
+NAMED_REASON = "named in the settings (--model-name, gadsynth run --model or GADSYNTH_MODEL)"
+
+
+@dataclass
+class ModelChoice:
+    """The outcome of the choice: the model to run (None when the study is not eligible) and why.
+
+    Attributes
+    ----------
+    manifest:
+        The chosen model (sha256 verified), or None.
+    info:
+        The report.json entry (``model_choice``).
+    selection:
+        The pre-scan's role selection (None when the model was named and no pre-scan ran).
+    error:
+        Why the study is not eligible, when ``manifest`` is None.
+    """
+
+    manifest: ModelManifest | None
+    info: ModelChoiceInfo
+    selection: Selection | None = None
+    error: NoMatchingSeriesError | None = None
+
+    def require(self) -> ModelManifest:
+        """The chosen model.
+
+        Raises
+        ------
+        operators.errors.NoMatchingSeriesError
+            When the study fits no installed model (the reason names the roles found and what each model lacks).
+        """
+        if self.manifest is None:
+            raise self.error or NoMatchingSeriesError(self.info.reason)
+        return self.manifest
+
+
+def scan_roles(input_path: Path, rules: Path | None = None) -> Selection:
+    """Load the study's headers and assign roles, requiring none (the pre-scan; no pixel data is read).
+
+    Raises
+    ------
+    operators.errors.InputDicomError
+        When the folder holds no readable MR study, or several (from ``load_study``).
+    """
+    study = load_study(input_path)
+    return select_roles(study, rules, required=())
+
+
+def _summary(series: Series) -> SeriesSummary:
+    return SeriesSummary(
+        series_instance_uid=series.series_instance_uid,
+        series_number=series.series_number,
+        description=series.description,
+        sop_class_uid=series.instances[0].sop_class_uid if series.instances else None,
+        n_slices=len(series.instances),
+    )
+
+
+def _roles_text(roles: list[Role] | tuple[Role, ...]) -> str:
+    return ", ".join(r.value for r in roles)
+
+
+def _found_text(selection: Selection) -> str:
+    if not selection.roles:
+        return "none"
+    return "; ".join(f"{role.value} {series.label}" for role, series in selection.roles.items())
+
+
+def _installed(models_dir: Path, name: str) -> bool:
+    return (models_dir / name / MANIFEST_FILE).is_file()
+
+
+def _check_some_installed(models_dir: Path) -> None:
+    names = [name for rule in MODEL_RULES for name in rule.models]
+    if not any(_installed(models_dir, name) for name in names):
+        found = sorted(p.parent.name for p in models_dir.glob(f"*/{MANIFEST_FILE}")) if models_dir.is_dir() else []
+        raise ModelManifestError(
+            f"No model for the automatic choice in {models_dir}: expected one of {names}. Available: "
+            f"{found or 'none'}. Install one, or name the model to run (--model-name / GADSYNTH_MODEL)."
+        )
+
+
+def _why_passed(candidate: ModelCandidate) -> str:
+    if candidate.missing_roles:
+        return f"{candidate.name} needs {', '.join(candidate.missing_roles)}"
+    return f"{candidate.name} is not installed"
+
+
+def _not_eligible(selection: Selection, models_dir: Path, candidates: list[ModelCandidate]) -> NoMatchingSeriesError:
+    needs = [
+        f"{c.name} ({c.rule}{'' if c.installed else ', not installed'}) needs {', '.join(c.missing_roles)}"
+        if c.missing_roles
+        else f"{c.name} ({c.rule}) fits but is not installed in {models_dir}"
+        for c in candidates
+    ]
+    unassigned = [d for d in selection.decisions if d.role is None]
+    others = "; ".join(f"#{d.series_number} {d.description!r}: {(d.reasons or ['-'])[0]}" for d in unassigned)
+    wanted = " or ".join(" + ".join(r.value for r in rule.roles) for rule in MODEL_RULES)
+    return NoMatchingSeriesError(
+        f"Study {selection.study.study_instance_uid} is not eligible: no installed model fits the roles it has. "
+        f"Roles found: {_found_text(selection)}. Missing per candidate model: {'; '.join(needs)}."
+        + (f" Series without a role: {others}." if others else ""),
+        attribute="SeriesDescription/ImageType/ScanningSequence",
+        expected=wanted,
+        found=f"roles {_roles_text(list(selection.roles)) or 'none'}",
+    )
+
+
+def choose_by_roles(selection: Selection, models_dir: Path) -> ModelChoice:
+    """Pick the model by the roles a study has, following :data:`MODEL_RULES` (the study's roles from the pre-scan).
+
+    Candidates are examined in table order until one is installed and the study has every role it needs (the
+    row's roles and the manifest's ``required_roles``); the chosen model's sha256 is verified.
+
+    Returns
+    -------
+    ModelChoice
+        With ``manifest`` None (and ``error`` set) when the study fits no installed model.
+
+    Raises
+    ------
+    operators.model_manifest.ModelManifestError
+        When a candidate's manifest is invalid, the chosen model's file is missing or its sha256 differs.
+    """
+    found = set(selection.roles)
+    candidates: list[ModelCandidate] = []
+    chosen: ModelManifest | None = None
+    chosen_rule: ModelRule | None = None
+    for rule in MODEL_RULES:
+        for name in rule.models:
+            if chosen is not None:
+                break
+            needed = list(rule.roles)
+            installed = _installed(models_dir, name)
+            manifest = load_manifest(models_dir, name, verify=False) if installed else None
+            if manifest is not None:
+                needed += [r for r in manifest.required_roles if r not in needed]
+            missing = [r for r in needed if r not in found]
+            take = manifest is not None and not missing
+            candidates.append(
+                ModelCandidate(
+                    name=name,
+                    rule=rule.name,
+                    installed=installed,
+                    required_roles=[r.value for r in needed],
+                    missing_roles=[r.value for r in missing],
+                    chosen=take,
+                )
+            )
+            if take and manifest is not None:
+                manifest.verify()
+                chosen, chosen_rule = manifest, rule
+    roles_found = {role.value: _summary(series) for role, series in selection.roles.items()}
+    if chosen is None or chosen_rule is None:
+        error = _not_eligible(selection, models_dir, candidates)
+        info = ModelChoiceInfo(reason=str(error), roles_found=roles_found, candidates=candidates)
+        logger.info(
+            "study %s: no installed model fits roles [%s]",
+            selection.study.study_instance_uid,
+            _roles_text(list(selection.roles)),
+        )
+        return ModelChoice(manifest=None, info=info, selection=selection, error=error)
+    passed = [_why_passed(c) for c in candidates if not c.chosen]
+    reason = f"{chosen_rule.name} study: it has {_roles_text(chosen_rule.roles)}" + (
+        f" (passed over: {'; '.join(passed)})" if passed else ""
+    )
+    info = ModelChoiceInfo(chosen=chosen.name, reason=reason, roles_found=roles_found, candidates=candidates)
+    logger.info(
+        "study %s: model %s chosen (%s); roles found: %s",
+        selection.study.study_instance_uid,
+        chosen.name,
+        reason,
+        _found_text(selection),
+    )
+    return ModelChoice(manifest=chosen, info=info, selection=selection)
+
+
+def choose_named(models_dir: Path, name: str) -> ModelChoice:
+    """Load the model named in the settings (no pre-scan; a study lacking its roles fails in the selector).
+
+    Raises
+    ------
+    operators.model_manifest.ModelManifestError
+        When the model is missing (the message lists the models found) or its manifest / sha256 is wrong.
+    """
+    manifest = load_manifest(models_dir, name)
+    logger.info("model %s %s: %s", manifest.name, manifest.version, NAMED_REASON)
+    return ModelChoice(manifest=manifest, info=ModelChoiceInfo(chosen=manifest.name, named=True, reason=NAMED_REASON))
+
+
+def choose_model(
+    input_path: Path, models_dir: Path, name: str | None = None, *, rules: Path | None = None
+) -> ModelChoice:
+    """The model for a study: ``name`` when given, else by the roles found by a header-only pre-scan.
+
+    Used by every front door (``python -m app``, ``gadsynth run``, evaluation) through ``app.runner.run_study``.
+
+    Parameters
+    ----------
+    input_path:
+        The study folder.
+    models_dir:
+        Folder holding one sub-folder per model.
+    name:
+        A model folder name from the settings, or None for the automatic choice (:data:`MODEL_RULES`).
+    rules:
+        Series-selection rules, the same ones the pipeline's selector uses (None: the packaged rules).
+
+    Returns
+    -------
+    ModelChoice
+        The model (None when the study is not eligible; :meth:`ModelChoice.require` raises the reason).
+
+    Raises
+    ------
+    operators.model_manifest.ModelManifestError
+        When the named model, or every model of the table, is missing, or a manifest / sha256 is wrong.
+    operators.errors.InputDicomError
+        When the pre-scan finds no readable MR study (empty folder, several studies, ...).
+    """
+    if name:
+        return choose_named(models_dir, name)
+    _check_some_installed(models_dir)
+    return choose_by_roles(scan_roles(input_path, rules), models_dir)
