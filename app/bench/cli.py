@@ -19,7 +19,7 @@ __all__ = ["bench", "bench_pipeline"]
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ("phantom", "ingest", "pipeline")
+SECTIONS = ("phantom", "ingest", "pipeline", "inference")
 
 
 def _run_child(command: list[str]) -> tuple[float, int, float]:
@@ -62,7 +62,7 @@ def bench_pipeline(work_dir: Path, *, seed: int = 1, model: str | None = None) -
         "non_inference_s": round(sum(timings.values()) - inference, 2),
         "inference_s": inference,
         "peak_rss_mib": round(peak_mib, 1),
-        "onnx_vs_pytorch": "not applicable: the model has no PyTorch weights (physics baseline)",
+        "onnx_vs_pytorch": "see the inference bench (gadsynth bench --only inference): ort_over_eager",
     }
 
 
@@ -80,16 +80,48 @@ def _markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    """``"192,256,256"`` -> (192, 256, 256).
+
+    Raises
+    ------
+    typer.BadParameter
+        When the text is not three positive integers.
+    """
+    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise typer.BadParameter(f"expected three positive sizes like 192,256,256. Found {text!r}.")
+    return sizes[0], sizes[1], sizes[2]
+
+
 def bench(
     out: Path = typer.Option(Path("bench-results"), "--out", help="Folder for bench.json and bench.md."),
     only: str = typer.Option(",".join(SECTIONS), "--only", help=f"Comma-separated sections from {SECTIONS}."),
     work_dir: Path | None = typer.Option(None, "--work-dir", help="Scratch folder (default: a temporary one)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Model for the inference and pipeline benches (default: the pipeline's default)."
+    ),
+    models_dir: Path | None = typer.Option(
+        None, "--models-dir", help="Models folder of the inference bench (default: the configured one)."
+    ),
+    inference_shape: str = typer.Option(
+        "192,256,256", "--inference-shape", help="Volume of the inference bench (slices,rows,columns)."
+    ),
+    inference_repeats: int = typer.Option(
+        3, "--inference-repeats", min=1, help="Timed runs per inference row, after one warm-up."
+    ),
 ) -> None:
-    """Time the phantom, the ingest (against MONAI Deploy's stock operators) and the whole pipeline."""
+    """Time the phantom, the ingest (against MONAI Deploy's stock operators), the whole pipeline and the model's
+    inference (ONNX Runtime as the pipeline runs it, beside PyTorch eager)."""
     sections = [s.strip() for s in only.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise typer.BadParameter(f"Unknown sections {unknown}; choose from {SECTIONS}.", param_hint="--only")
+    shape = _parse_shape(inference_shape)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
@@ -109,7 +141,15 @@ def bench(
             results["ingest"] = bench_ingest(work / "ingest-bench")
         if "pipeline" in sections:
             typer.echo("bench: pipeline end to end (full-size phantom study)...", err=True)
-            results["pipeline"] = bench_pipeline(work)
+            results["pipeline"] = bench_pipeline(work, model=model)
+        if "inference" in sections:
+            from app.bench.inference import bench_inference
+
+            typer.echo(f"bench: inference ({'x'.join(map(str, shape))}, ONNX Runtime vs PyTorch eager)...", err=True)
+            results["inference"] = bench_inference(
+                work / "inference-bench", models_dir=models_dir, model=model, shape=shape, repeats=inference_repeats
+            )
+            (out / "inference.json").write_text(json.dumps(results["inference"], indent=2) + "\n")
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "bench.md").write_text(_markdown(results))
     typer.echo(json.dumps(results, indent=2))

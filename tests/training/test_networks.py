@@ -236,6 +236,19 @@ class TestDirectUNet:
             out = network(torch.randn(1, len(inputs), 8, 8, 8))
         assert out.shape == (1, 1, 8, 8, 8)
 
+    def test_residual_output_starts_at_the_pre_contrast_image(self) -> None:
+        config = DirectUNetConfig.zero_dose(base_width=4, levels=2)
+        assert config.output == "residual" and DirectUNetConfig.from_dict(config.to_dict()) == config
+        assert "output" not in DirectUNetConfig(base_width=4).to_dict()  # sigmoid configs keep their old form
+        network = DirectUNet(config)
+        image = torch.rand(2, 3, 16, 16, 16)
+        out = network(image)
+        torch.testing.assert_close(out, image[:, :1])  # zero-initialized head: the identity on x_PC
+        out.sum().backward()
+        assert network.head.weight.grad is not None and float(network.head.weight.grad.abs().sum()) > 0
+        with pytest.raises(ValueError, match="must be 'sigmoid' or 'residual'"):
+            DirectUNetConfig(output="linear")  # type: ignore[arg-type]
+
     def test_zero_dose_variant(self) -> None:
         assert DirectUNetConfig.zero_dose().inputs == ("t1_pre", "t2", "flair")
         assert DirectUNetConfig.zero_dose(adc=True).inputs == ("t1_pre", "t2", "flair", "adc")

@@ -206,7 +206,6 @@ class TestTrainCommand:
         for path in (tmp_path / "cache").glob("*.npz"):  # the same samples the training run cached
             np.testing.assert_array_equal(load_sample(path).image, load_sample(root / "cache" / path.name).image)
 
-
     def test_pack_for_another_machine(self, run: dict[str, object], tmp_path: Path) -> None:
         """--pack-to copies the run's samples as float16, compressed, under the same names."""
         root = Path(str(run["root"]))
