@@ -52,10 +52,13 @@ def _register() -> None:
 
     cli.command("train", help="Train a network (phantom, DICOM or NIfTI data) and export its model folder.")(train)
 
-    from training.evaluate_cli import evaluate
+    from training.evaluate_cli import evaluate, evaluate_summary
 
     cli.command("evaluate", help="Score a model on phantom subjects through the pipeline, beside the baselines.")(
         evaluate
+    )
+    cli.command("evaluate-summary", help="A model's evaluations side by side; optionally into its MODEL_CARD.md.")(
+        evaluate_summary
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "evaluate_summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,3 +91,64 @@ def evaluate(
         for failure in document["failures"]:
             typer.echo(f"seed {failure['seed']} failed: {failure['error']}", err=True)
         raise typer.Exit(1)
+
+
+def evaluate_summary(
+    main: Path = typer.Argument(..., help="Folder (or evaluation.json) of the model's main test-set evaluation."),
+    held_out: list[str] = typer.Option(
+        [], "--held-out", help="LABEL=FOLDER of an evaluation on a held-out set (repeatable)."
+    ),
+    compare: list[Path] = typer.Option(
+        [], "--compare", help="Folder of another model's evaluation on the same test set (repeatable)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Markdown file (default: <main>/SUMMARY.md)."),
+    card: Path | None = typer.Option(None, "--card", help="Model folder whose MODEL_CARD.md Metrics section to fill."),
+) -> None:
+    """Write a model's evaluations side by side (main test set, subgroups, held-out sets, other models) as
+    Markdown, and optionally into the Metrics section of its model card. The pairs the model was trained on are
+    read from its training.json when --card is given.
+
+    Exit codes: 0 written; 2 a missing or invalid evaluation, model card or option.
+    """
+    from training.evaluation_summary import load_evaluation, summary_markdown, update_model_card
+
+    try:
+        document = load_evaluation(main)
+        held: dict[str, dict[str, object]] = {}
+        for item in held_out:
+            label, sep, folder = item.partition("=")
+            if not sep or not label or not folder:
+                raise ValueError(f"--held-out must be LABEL=FOLDER; found {item!r}")
+            held[label] = load_evaluation(Path(folder))
+        others = {}
+        for other_folder in compare:
+            other = load_evaluation(other_folder)
+            others[str(other["model"]["name"])] = other
+        pairs = _training_pairs(card) if card is not None else None
+        text = summary_markdown(document, held_out=held, compare=others, training_pairs=pairs)
+        target = out or Path(document["_path"]).parent / "SUMMARY.md"
+        target.write_text(f"# {document['model']['name']}: evaluation summary\n\n" + text, encoding="utf-8")
+        typer.echo(f"Summary: {target}")
+        if card is not None:
+            typer.echo(f"Model card: {update_model_card(card, text)}")
+    except (ValueError, KeyError, OSError) as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _training_pairs(folder: Path) -> list[tuple[str, float]] | None:
+    """(agent, field strength) pairs a phantom-trained model saw, from its training.json (None if not recorded)."""
+    from training.datasets import PhantomVariation
+
+    record_path = folder / "training.json"
+    if not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    variation = record.get("run", {}).get("variation")
+    if not isinstance(variation, dict):
+        return None
+    return PhantomVariation(
+        agents=tuple(variation["agents"]),
+        field_strengths=tuple(float(f) for f in variation["field_strengths"]),
+        exclude_pairs=tuple((str(a), float(f)) for a, f in variation["exclude_pairs"]),
+    ).pairs()

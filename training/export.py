@@ -260,6 +260,7 @@ def write_model_folder(
     check_inputs: Sequence[CheckInput] | None = None,
     evaluation: Mapping[str, Any] | Path | str | None = None,
     training: Mapping[str, Any] | None = None,
+    run: Mapping[str, Any] | None = None,
     limits: Sequence[str] = (),
     tolerance: float = TOLERANCE,
     overwrite: bool = False,
@@ -287,6 +288,8 @@ def write_model_folder(
     training:
         What the model was trained on and how (data description, steps, seeds, loss); written to training.json and
         summarized in the card. ``training["data"]`` replaces the default training-data paragraph.
+    run:
+        The full training configuration (``training.json`` ``run``; not rendered in the card).
     limits:
         Extra limitations for the model card.
     tolerance:
@@ -345,6 +348,8 @@ def write_model_folder(
             "onnx_check": onnx_check,
             "training": dict(training or {}),
         }
+        if run is not None:
+            record["run"] = dict(run)
         (staging / "training.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
         if evaluation_data is not None:
             (staging / "evaluation.json").write_text(

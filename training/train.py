@@ -588,10 +588,30 @@ def _export(
     }
     if gamma is not None:
         summary["gamma"] = round(gamma, 6)
+    if "phantom" in data_kinds:
+        variation = config.variation
+        summary["phantom_size"] = f"{variation.resolution_mm} mm" if variation.resolution_mm else variation.size
+        summary["phantom_doses"] = f"{variation.dose_range[0]:g}-{variation.dose_range[1]:g}"
+        held = ", ".join(f"{a}@{f:g} T" for a, f in variation.exclude_pairs)
+        summary["held_out_pairs"] = held or "none"
+    summary["validation"] = ", ".join(config.val) or "none"
     if data_kinds != {"phantom"}:
         summary["data"] = (
             "Trained on " + ", ".join(config.data) + " (site data and/or NIfTI subjects), preprocessed by GadSynth's "
             "own ingest, registration, brain mask and normalization code."
+        )
+    limits = []
+    if "phantom" in data_kinds:
+        grid = summary["phantom_size"]
+        limits.append(
+            f"Trained on phantom subjects of the `{grid}` grid only (the `small` preset has about 4 mm voxels): "
+            "scanner images at about 1 mm present other structure sizes and noise texture to the network, and this "
+            "model has not been evaluated on them."
+        )
+        doses = f"low doses {summary['phantom_doses']} of standard and " if config.model != "zerodose" else ""
+        limits.append(
+            f"Trained on {doses}the (agent, field strength) pairs of the phantom variation except "
+            f"{summary['held_out_pairs']}; see the Metrics section for how it degrades outside them."
         )
     first = check[0]
     check_inputs = [(first["image"][:1], first["condition"][:1] if "condition" in first else None)]
@@ -601,5 +621,7 @@ def _export(
         fields,
         check_inputs=check_inputs,
         training=summary,
+        run=config.to_dict(),
+        limits=limits,
         overwrite=True,
     )

@@ -57,7 +57,8 @@ class TestSuccessfulRun:
         report = json.loads((out / "report.json").read_text())
         assert report["status"] == "ok"
         assert set(report["roles"]) >= {"t1_pre", "t1_low_dose"}
-        assert report["model"]["name"] == "ce-baseline-linear"
+        assert report["model"]["name"] == "ce-lowdose-v1"  # the shipped default for a study with a low dose
+        assert report["model_choice"]["chosen"] == "ce-lowdose-v1" and not report["model_choice"]["named"]
         assert len(report["model"]["sha256"]) == 64
         assert {"load_study", "register", "brain_mask", "normalize", "infer", "postprocess", "write_dicom"} <= set(
             report["timings_s"]
@@ -134,21 +135,36 @@ class TestSuccessfulRun:
 
 @pytest.fixture(scope="module")
 def pre_only(tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
-    """A study without a low-dose series: not eligible for the low-dose models."""
+    """A study with pre-contrast T1, T2 and FLAIR only: the zero-dose model's inputs."""
     return generate_study(
         PhantomOptions(seed=12, size="small", roles=("t1_pre", "t2", "flair")), tmp_path_factory.mktemp("pre")
     )
 
 
-class TestIneligibleAndBroken:
-    def test_no_low_dose_exits_2_with_reason(self, pre_only: PhantomStudy, tmp_path: Path) -> None:
+class TestZeroDose:
+    def test_shipped_zero_dose_model_runs_without_a_low_dose(self, pre_only: PhantomStudy, tmp_path: Path) -> None:
         result = _run_app("-i", str(pre_only.dicom_dir), "-o", str(tmp_path))
+        assert result.returncode == 0, result.stderr[-2000:]
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert report["model"]["name"] == "ce-zerodose-v1" and report["model_choice"]["chosen"] == "ce-zerodose-v1"
+        chosen = [c for c in report["model_choice"]["candidates"] if c["chosen"]]
+        assert [c["rule"] for c in chosen] == ["zero-dose"]
+        series = _read_series(tmp_path / "synthetic_t1c")
+        assert len(series) == len(list(pre_only.series["t1_pre"].directory.glob("*.dcm")))
+        assert "SYNTHETIC" in series[0].SeriesDescription and "ce-zerodose-v1" in series[0].SeriesDescription
+
+
+class TestIneligibleAndBroken:
+    def test_t1_only_exits_2_with_reason(self, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+        study = generate_study(PhantomOptions(seed=13, size="small", roles=("t1_pre",)), tmp_path_factory.mktemp("t1"))
+        result = _run_app("-i", str(study.dicom_dir), "-o", str(tmp_path))
         assert result.returncode == 2, result.stderr[-2000:]
         assert "Traceback" not in result.stderr
         report = json.loads((tmp_path / "report.json").read_text())
         assert report["status"] == "not_eligible"
         assert report["error"]["error"] == "NoMatchingSeriesError"
-        assert "t1_low_dose" in report["error"]["message"]
+        message = report["error"]["message"]
+        assert "t1_low_dose" in message and "flair" in message  # what each candidate model lacks
         assert not (tmp_path / "synthetic_t1c").exists()
 
     def test_empty_folder_exits_2(self, tmp_path: Path) -> None:

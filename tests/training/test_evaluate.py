@@ -222,6 +222,40 @@ class TestEndToEnd:
         assert "model" in result.stdout and "PSNR_B" in result.stdout  # the table, not JSON
 
 
+class TestSummary:
+    def test_tables_come_from_the_documents(self, evaluation: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
+        document, out = evaluation
+        card = tmp_path / "model"
+        card.mkdir()
+        (card / "MODEL_CARD.md").write_text("# m\n\n## Metrics\n\nNot evaluated yet.\n\n## Limits\n\n- x\n")
+        result = _gadsynth(
+            "evaluate-summary", str(out), "--held-out", f"same set={out}", "--out", str(tmp_path / "summary.md"),
+            "--card", str(card),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        text = (tmp_path / "summary.md").read_text()
+        aggregates = document["aggregates"]["methods"]
+        for method in ("model", "x_ld", "linear"):
+            mean = aggregates[method]["psnr_l"]["mean"]
+            row = next(line for line in text.splitlines() if line.startswith(f"| {method} |" if method != "model"
+                       else "| **ce-baseline-linear** |"))  # fmt: skip
+            assert f"{mean:.1f}" in row.split("|")[2] or f"{mean:.3g}" in row.split("|")[2]
+        gain = aggregates["model"]["psnr_l"]["mean"] - aggregates["x_ld"]["psnr_l"]["mean"]
+        assert f"minus x_LD: {gain:.3g} dB" in text
+        assert "| same set |" in text  # the held-out table (a set compared with itself: change 0)
+        card_text = (card / "MODEL_CARD.md").read_text()
+        assert "Not evaluated yet" not in card_text and "PSNR_L" in card_text and card_text.rstrip().endswith("- x")
+
+    def test_bad_inputs_exit_2(self, evaluation: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
+        _, out = evaluation
+        result = _gadsynth("evaluate-summary", str(tmp_path))
+        assert result.returncode == 2 and "no evaluation.json" in result.stderr
+        result = _gadsynth("evaluate-summary", str(out), "--held-out", "no-label")
+        assert result.returncode == 2 and "LABEL=FOLDER" in result.stderr
+        result = _gadsynth("evaluate-summary", str(out), "--card", str(tmp_path))
+        assert result.returncode == 2 and "no MODEL_CARD.md" in result.stderr
+
+
 class TestCommandLineErrors:
     def test_bad_test_set_exits_2(self, tmp_path: Path) -> None:
         result = _gadsynth(
