@@ -62,7 +62,8 @@ def contrast_signal(prediction: Prediction, normalized: NormalizedInputs) -> np.
     """The contrast signal y in t1_pre's intensity units, from the model output and the normalization record.
 
     Differential models: y = gamma * s_LD * y_hat / sigma_LD (scale ``local_std``) or gamma * y_hat (``normalized``),
-    times the brain 95th percentile of x_PC. Direct models (output = image): y = undo(output) - x_PC.
+    times the brain 95th percentile of x_PC. Direct models (output = image): y = undo(output) - x_PC, and 0 outside
+    the brain when their normalization masks it (they are blind there).
 
     Raises
     ------
@@ -78,6 +79,10 @@ def contrast_signal(prediction: Prediction, normalized: NormalizedInputs) -> np.
         pre = params["per_role"]["t1_pre"]
         synthetic = direct_strategy(manifest.normalization).undo(out, pre)
         y = synthetic - normalized.x_pc
+        if manifest.normalization.mask_outside_brain:
+            # The model saw (and was trained to give) zeros outside the brain: it says nothing there, so the
+            # synthetic image keeps the pre-contrast head instead of a black one.
+            y = np.where(normalized.brain, y, np.float32(0.0))
     else:
         if spec.scale == OutputScale.LOCAL_STD:
             if normalized.s_ld is None or "sigma" not in params:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from pydicom import dcmread
@@ -180,6 +181,24 @@ class TestZeroDoseStudy:
             assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
             assert "Not acquired" in ds.DerivationDescription
             assert ds.StudyInstanceUID == study_uid
+
+    def test_outside_the_brain_is_the_pre_contrast_head(self, zero_dose_run: Path, zero_dose: PhantomStudy) -> None:
+        """The direct model is blind outside the brain mask: the synthetic image keeps the pre-contrast head there
+        (the tiny untrained model's zero-initialized residual is also the identity inside the brain)."""
+
+        def volume(files: list[Path]) -> np.ndarray:
+            slices = sorted((dcmread(p) for p in files), key=lambda ds: float(ds.ImagePositionPatient[2]))
+            return np.stack(
+                [
+                    ds.pixel_array * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
+                    for ds in slices
+                ]
+            )
+
+        pre = volume(sorted(_series_dir(zero_dose, "t1_pre").glob("*.dcm")))
+        synthetic = volume(sorted((zero_dose_run / "synthetic_t1c").glob("*.dcm")))
+        bright = pre > np.percentile(pre[pre > 0], 75)  # brain, scalp and fat alike
+        assert float(np.mean(synthetic[bright] >= 0.5 * pre[bright])) > 0.95
 
     def test_every_output_passes_dciodvfy(self, zero_dose_run: Path, dciodvfy: str) -> None:
         files = sorted(zero_dose_run.rglob("*.dcm"))
