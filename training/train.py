@@ -108,6 +108,10 @@ class TrainConfig:
         Replace a non-empty model folder at the end.
     progress:
         Show a tqdm progress bar.
+    init_from:
+        Start from these weights instead of a random initialization: a checkpoint of a run with the same network,
+        or a model folder (weights read back from its model.onnx), e.g. to fine-tune a shipped model on a site's
+        own studies. Part of ``identity()``.
     device:
         ``cpu``, ``cuda`` or ``auto`` (CUDA when available). Not part of ``identity()``: a run trained on a GPU
         resumes (or exports) on a CPU; only CPU runs resume bit-identically.
@@ -139,6 +143,7 @@ class TrainConfig:
     version: str = "0.1.0"
     overwrite: bool = False
     progress: bool = True
+    init_from: Path | None = None
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -194,6 +199,7 @@ class TrainConfig:
             "seed": self.seed,
             "variation": self.variation.to_dict(),
             "patches": patches.to_dict(),
+            "init_from": None if self.init_from is None else str(self.init_from),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -446,7 +452,10 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
     device = config.torch_device()
     with _torch_threads(config.threads):
         torch.manual_seed(config.seed)
-        network = build_network(network_config(config)).to(device)
+        network = build_network(network_config(config))
+        if config.init_from is not None and resume is None:
+            _initialize_from(network, network_config(config), Path(config.init_from))
+        network = network.to(device)
         optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, betas=(0.9, 0.999))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr_min)
         history: dict[str, Any] = {"train": [], "val": []}
@@ -547,6 +556,35 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
     return TrainResult(exported, checkpoint, history, gamma, seconds_per_step)
 
 
+def _initialize_from(network: torch.nn.Module, wanted: NetworkConfig, source: Path) -> None:
+    """Load starting weights from a checkpoint or a model folder whose network is exactly ``wanted``.
+
+    Raises
+    ------
+    ValueError
+        When the source is missing, records another network, or its weights cannot be read.
+    """
+    from training.model_folder import network_from_folder, recorded_network_config
+    from training.networks import config_from_dict
+
+    if source.is_dir():
+        loaded, weights = network_from_folder(source)
+        if weights != "model.onnx":
+            raise ValueError(f"--init-from {source}: no weights to start from ({weights})")
+        recorded = config_from_dict(recorded_network_config(source) or {}).to_dict()
+        state = loaded.state_dict()
+    else:
+        checkpoint = load_checkpoint(source)
+        recorded, state = checkpoint["network_config"], checkpoint["network"]
+    if recorded != wanted.to_dict():
+        raise ValueError(
+            f"--init-from {source}: its network is {recorded}, this run trains {wanted.to_dict()} "
+            "(pass the same --model, --width, --depth and --embedding-dim)"
+        )
+    network.load_state_dict(state)
+    logger.info("initialized the network from %s", source)
+
+
 def _describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA, torch {torch.__version__})"
@@ -595,6 +633,8 @@ def _export(
         held = ", ".join(f"{a}@{f:g} T" for a, f in variation.exclude_pairs)
         summary["held_out_pairs"] = held or "none"
     summary["validation"] = ", ".join(config.val) or "none"
+    if config.init_from is not None:
+        summary["initialized_from"] = str(config.init_from)
     if data_kinds != {"phantom"}:
         summary["data"] = (
             "Trained on " + ", ".join(config.data) + " (site data and/or NIfTI subjects), preprocessed by GadSynth's "

@@ -75,6 +75,10 @@ def train(
         typer.Option(help="With --prepare-only: also copy the run's samples here, compact, to train elsewhere."),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto (CUDA when available).")] = "cpu",
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Start from a checkpoint or a model folder with the same network (fine-tuning)."),
+    ] = None,
 ) -> None:
     """Train a network on phantom, DICOM or NIfTI data (preprocessed by the pipeline's own code), checkpoint it,
     and export it as a model folder (ONNX, manifest, sha256, model card)."""
@@ -124,6 +128,7 @@ def train(
             overwrite=overwrite,
             progress=progress,
             device=device,
+            init_from=init_from,
         )
         config.loss_config  # noqa: B018  # validates --loss before any data is prepared
         if prepare_only:

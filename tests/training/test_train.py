@@ -269,6 +269,34 @@ class TestTrainCommand:
         feeds = {a.input_tensor: image, a.condition_tensor: condition}
         np.testing.assert_allclose(session_a.run(None, feeds)[0], session_b.run(None, feeds)[0], atol=1e-6)
 
+    @pytest.mark.parametrize("source", ["model folder", "checkpoint"])
+    def test_init_from_starts_at_the_given_weights(self, run: dict[str, object], source: str) -> None:
+        """--init-from with a vanishing learning rate exports the weights it started from."""
+        root = Path(str(run["root"]))
+        start = root / "models" / "ce-tiny" if source == "model folder" else root / "work" / "ce-tiny" / "checkpoints"
+        if source == "checkpoint":
+            start = start / "last.pt"
+        name = f"ce-init-{source.split()[0]}"
+        args = _args(root, name, "--init-from", str(start), "--val", "none", "--overwrite")
+        args[args.index("--steps") + 1] = "1"
+        args[args.index("--lr") + 1] = "1e-12"
+        args[args.index("--lr-min") + 1] = "1e-12"
+        code, output = _invoke(args)
+        assert code == 0, output
+        record = json.loads((root / "models" / name / "training.json").read_text())
+        assert record["training"]["initialized_from"] == str(start) and record["run"]["init_from"] == str(start)
+        a, b = load_manifest(root / "models", "ce-tiny"), load_manifest(root / "models", name)
+        image = np.random.default_rng(1).standard_normal((1, 3, 32, 32, 32)).astype(np.float32)
+        feeds = {a.input_tensor: image, str(a.condition_tensor): np.asarray([[0.2, 3.0, 4.5, 0.03]], dtype=np.float32)}
+        np.testing.assert_allclose(get_session(b).run(None, feeds)[0], get_session(a).run(None, feeds)[0], atol=1e-5)
+
+    def test_init_from_another_network_is_refused(self, run: dict[str, object]) -> None:
+        root = Path(str(run["root"]))
+        args = _args(root, "ce-init-wide", "--init-from", str(root / "models" / "ce-tiny"), "--val", "none")
+        args[args.index("--width") + 1] = "6"
+        code, output = _invoke(args)
+        assert code == 2 and "its network is" in output and "base_width" in output
+
 
 class TestTrainErrors:
     def test_resume_from_another_run(self, run: dict[str, object]) -> None:
