@@ -585,6 +585,21 @@ def _initialize_from(network: torch.nn.Module, wanted: NetworkConfig, source: Pa
     logger.info("initialized the network from %s", source)
 
 
+def _describe_start(source: Path) -> str:
+    """Where a fine-tuned run started: a model folder's name, version, sha256 and how it was trained; a checkpoint."""
+    manifest_path = source / "manifest.json"
+    if not manifest_path.is_file():
+        return str(source)
+    manifest = ModelManifest.load(source)
+    text = f"{manifest.name} {manifest.version} (sha256 {manifest.sha256[:12]}"
+    record_path = source / "training.json"
+    if record_path.is_file():
+        before = json.loads(record_path.read_text(encoding="utf-8")).get("training", {})
+        if "steps" in before:
+            text += f"; {before['steps']} steps on {before.get('data_specs', '?')}, {before.get('trained_on', '?')}"
+    return text + ")"
+
+
 def _describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA, torch {torch.__version__})"
@@ -634,7 +649,7 @@ def _export(
         summary["held_out_pairs"] = held or "none"
     summary["validation"] = ", ".join(config.val) or "none"
     if config.init_from is not None:
-        summary["initialized_from"] = str(config.init_from)
+        summary["initialized_from"] = _describe_start(Path(config.init_from))
     if data_kinds != {"phantom"}:
         summary["data"] = (
             "Trained on " + ", ".join(config.data) + " (site data and/or NIfTI subjects), preprocessed by GadSynth's "

@@ -284,7 +284,12 @@ class TestTrainCommand:
         code, output = _invoke(args)
         assert code == 0, output
         record = json.loads((root / "models" / name / "training.json").read_text())
-        assert record["training"]["initialized_from"] == str(start) and record["run"]["init_from"] == str(start)
+        assert record["run"]["init_from"] == str(start)
+        if source == "checkpoint":
+            assert record["training"]["initialized_from"] == str(start)
+        else:  # the model it started from, by name, version and sha256, and how that one was trained
+            described = record["training"]["initialized_from"]
+            assert described.startswith("ce-tiny 0.1.0 (sha256 ") and f"{STEPS} steps on phantom:0-1" in described
         a, b = load_manifest(root / "models", "ce-tiny"), load_manifest(root / "models", name)
         image = np.random.default_rng(1).standard_normal((1, 3, 32, 32, 32)).astype(np.float32)
         feeds = {a.input_tensor: image, str(a.condition_tensor): np.asarray([[0.2, 3.0, 4.5, 0.03]], dtype=np.float32)}
