@@ -123,7 +123,7 @@ def evaluate_summary(
         others = {}
         for other_folder in compare:
             other = load_evaluation(other_folder)
-            others[str(other["model"]["name"])] = other
+            others[f"{other['model']['name']} {other['model']['version']}"] = other
         pairs = _training_pairs(card) if card is not None else None
         text = summary_markdown(document, held_out=held, compare=others, training_pairs=pairs)
         target = out or Path(document["_path"]).parent / "SUMMARY.md"
