@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,19 +53,31 @@ def _method_names(document: dict[str, Any]) -> list[str]:
     return list(document["aggregates"]["methods"])
 
 
-def _values(document: dict[str, Any], method: str, key: str, lesion: bool) -> list[float]:
+def metric_values(
+    document: Mapping[str, Any],
+    method: str,
+    key: str,
+    lesion: bool,
+    keep: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None,
+) -> list[float]:
+    """A metric's values for one method over an evaluation document's subjects (``lesion``: over its lesions).
+
+    Lesion metrics: ``psnr_l`` over enhancing lesions, ``fe_nonenhancing`` over non-enhancing ones (their ``fe``),
+    ``c_bar`` / ``c_hat`` wherever recorded. ``keep(subject, lesion)`` selects subjects and lesions (``lesion`` is
+    ``{}`` for a subject-level metric).
+    """
     values: list[float] = []
     for subject in document["subjects"]:
         if subject.get("status") != "ok":
             continue
         if not lesion:
             value = subject["methods"].get(method, {}).get(key)
-            if value is not None:
+            if value is not None and (keep is None or keep(subject, {})):
                 values.append(float(value))
             continue
         for entry in subject["lesions"]:
             block = entry["methods"].get(method)
-            if block is None:
+            if block is None or (keep is not None and not keep(subject, entry)):
                 continue
             if key == "psnr_l" and entry["enhancing"]:
                 value = block.get("psnr_l")
@@ -104,7 +117,7 @@ def _boxplots(document: dict[str, Any], path: Path) -> Path:
     figure = Figure(figsize=(16, 7.5), layout="constrained")
     axes = figure.subplots(2, 4)
     for ax, (key, title, lesion) in zip(axes.ravel(), BOX_PANELS, strict=True):
-        data = [_values(document, name, key, lesion) for name in names]
+        data = [metric_values(document, name, key, lesion) for name in names]
         shown = [(n, d) for n, d in zip(names, data, strict=True) if d]
         if shown:
             ax.boxplot([d for _, d in shown], tick_labels=[n for n, _ in shown], showmeans=True)

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from training.evaluate_report import metric_values
+
 __all__ = ["load_evaluation", "summary_markdown", "update_model_card"]
 
 logger = logging.getLogger(__name__)
@@ -53,23 +55,8 @@ def load_evaluation(path: Path) -> dict[str, Any]:
 
 
 def _values(document: Document, method: str, key: str, lesion: bool, keep: LesionFilter) -> list[float]:
-    values: list[float] = []
-    for subject in document["subjects"]:
-        if subject.get("status") != "ok":
-            continue
-        if lesion:
-            for item in subject.get("lesions", []):
-                metric = "fe" if key == "fe_nonenhancing" else key
-                if item["enhancing"] == (key == "fe_nonenhancing") or not keep(subject, item):
-                    continue
-                value = item["methods"].get(method, {}).get(metric)
-                if isinstance(value, int | float) and math.isfinite(value):
-                    values.append(float(value))
-        elif keep(subject, {}):
-            value = subject["methods"].get(method, {}).get(key)
-            if isinstance(value, int | float) and math.isfinite(value):
-                values.append(float(value))
-    return values
+    """Finite values only (c-bar is NaN for a lesion whose reference has no positive contrast)."""
+    return [v for v in metric_values(document, method, key, lesion, keep) if math.isfinite(v)]
 
 
 def _mean(values: Sequence[float]) -> float | None:

@@ -18,7 +18,8 @@ Conventions shared by every function here
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -215,6 +216,19 @@ def tumour_l2(x: Array, ref: Array, tumour: Mask, *, data_range: float = 1.0) ->
     return float(np.mean(((xa[region] - ra[region]) / data_range) ** 2))
 
 
+def _lesion_ratio(
+    pred_contrast: Array, ref_contrast: Array, lesion: Mask, reduce: Callable[[np.ndarray], Any]
+) -> float:
+    """reduce(pred in L) / reduce(ref in L), NaN when the reference's is not positive."""
+    pa, ra = np.asarray(pred_contrast, dtype=np.float64), np.asarray(ref_contrast, dtype=np.float64)
+    _check_shapes(pa, ra)
+    region = _mask_or_all(lesion, pa.shape, "lesion")
+    denominator = float(reduce(ra[region]))
+    if denominator <= 0.0:
+        return float("nan")
+    return float(reduce(pa[region]) / denominator)
+
+
 def c_bar(pred_contrast: Array, ref_contrast: Array, lesion: Mask) -> float:
     """Mean relative enhancement of one lesion (seed 003, section 4).
 
@@ -232,13 +246,7 @@ def c_bar(pred_contrast: Array, ref_contrast: Array, lesion: Mask) -> float:
     ValueError
         When shapes differ or the lesion mask is empty.
     """
-    pa, ra = np.asarray(pred_contrast, dtype=np.float64), np.asarray(ref_contrast, dtype=np.float64)
-    _check_shapes(pa, ra)
-    region = _mask_or_all(lesion, pa.shape, "lesion")
-    denominator = float(ra[region].sum())
-    if denominator <= 0.0:
-        return float("nan")
-    return float(pa[region].sum() / denominator)
+    return _lesion_ratio(pred_contrast, ref_contrast, lesion, np.sum)
 
 
 def c_hat(pred_contrast: Array, ref_contrast: Array, lesion: Mask) -> float:
@@ -256,13 +264,7 @@ def c_hat(pred_contrast: Array, ref_contrast: Array, lesion: Mask) -> float:
     ValueError
         When shapes differ or the lesion mask is empty.
     """
-    pa, ra = np.asarray(pred_contrast, dtype=np.float64), np.asarray(ref_contrast, dtype=np.float64)
-    _check_shapes(pa, ra)
-    region = _mask_or_all(lesion, pa.shape, "lesion")
-    denominator = float(ra[region].max())
-    if denominator <= 0.0:
-        return float("nan")
-    return float(pa[region].max() / denominator)
+    return _lesion_ratio(pred_contrast, ref_contrast, lesion, np.max)
 
 
 def ce_region(ref_contrast: Array, brain: Mask, threshold: float) -> Mask:
