@@ -10,17 +10,17 @@ from monai.deploy.conditions import CountCondition
 from monai.deploy.core import Application, Operator
 
 from app.config import Settings
-from operators.brain_mask_operator import BrainMaskOperator
-from operators.dicom_writer_operator import DicomWriterOperator, WriterSettings
-from operators.inference_operator import InferenceOperator, InferenceSettings
+from operators.brain_mask import BrainMaskOperator
+from operators.dicom_writer import DicomWriterOperator, WriterSettings
+from operators.inference import InferenceOperator, InferenceSettings
 from operators.model_manifest import ModelManifest
-from operators.normalization_operator import NormalizationOperator
-from operators.postprocess_operator import PostprocessOperator
-from operators.registration_operator import RegistrationOperator
+from operators.model_inputs import NormalizationOperator
+from operators.postprocess import PostprocessOperator
+from operators.registration import RegistrationOperator
 from operators.run_record import RunRecord, StageFailed
-from operators.series_selector_operator import SeriesSelectorOperator
-from operators.series_to_volume_operator import SeriesToVolumeOperator
-from operators.study_loader_operator import StudyLoaderOperator
+from operators.series_selector import SeriesSelectorOperator
+from operators.series_to_volume import SeriesToVolumeOperator
+from operators.study_loader import StudyLoaderOperator
 from operators.writers.content import ModelIdentity
 
 __all__ = ["GadSynthApp"]

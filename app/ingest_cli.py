@@ -38,11 +38,11 @@ def inspect_study(study_dir: Path, *, rules: Path | None = None, progress: bool 
     Raises
     ------
     InputDicomError
-        When the folder holds no readable MR study (see `operators.study_loader_operator.load_study`).
+        When the folder holds no readable MR study (see `operators.study_loader.load_study`).
     """
     from operators.series_features import series_features
-    from operators.series_selector_operator import select_roles
-    from operators.study_loader_operator import load_study
+    from operators.series_selector import select_roles
+    from operators.study_loader import load_study
 
     study = load_study(study_dir, progress=progress)
     selection = select_roles(study, rules, required=())
@@ -143,8 +143,8 @@ def write_niftis(path: Path, out_dir: Path, *, progress: bool = False) -> tuple[
     import SimpleITK as sitk
     from tqdm import tqdm
 
-    from operators.series_to_volume_operator import build_volume
-    from operators.study_loader_operator import load_studies
+    from operators.series_to_volume import build_volume
+    from operators.study_loader import load_studies
 
     studies: list[Study] = load_studies(path, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)

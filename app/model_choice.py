@@ -9,9 +9,9 @@ from pathlib import Path
 from operators.errors import NoMatchingSeriesError
 from operators.model_manifest import MANIFEST_FILE, ModelManifest, ModelManifestError, load_manifest
 from operators.roles import Role
-from operators.series_selector_operator import select_roles
+from operators.series_selector import select_roles
 from operators.study import Selection, Series
-from operators.study_loader_operator import load_study
+from operators.study_loader import load_study
 from operators.writers.report import ModelCandidate, ModelChoiceInfo, SeriesSummary
 
 __all__ = ["MODEL_RULES", "ModelChoice", "ModelRule", "choose_by_roles", "choose_model", "choose_named", "scan_roles"]

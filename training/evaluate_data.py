@@ -192,8 +192,8 @@ def load_subject(study_dir: Path) -> SubjectImages:
     operators.errors.InputDicomError
         When a series cannot be read (as the pipeline would report it).
     """
-    from operators.series_to_volume_operator import build_volume
-    from operators.study_loader_operator import load_study
+    from operators.series_to_volume import build_volume
+    from operators.study_loader import load_study
 
     params = json.loads((study_dir / "truth" / "params.json").read_text())
     truth_images = {name: sitk.ReadImage(str(study_dir / "truth" / f"{name}.nii.gz")) for name in TRUTH_NAMES}

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from operators.model_manifest import ModelManifest
-    from operators.normalization_operator import NormalizedInputs
+    from operators.model_inputs import NormalizedInputs
 
 __all__ = [
     "FULL_SHAPE",
@@ -171,7 +171,7 @@ def _timed(fn: Callable[[], np.ndarray], repeats: int) -> dict[str, Any]:
 def _normalized(manifest: ModelManifest, shape: Sequence[int], seed: int) -> NormalizedInputs:
     import SimpleITK as sitk
 
-    from operators.normalization_operator import NormalizedInputs
+    from operators.model_inputs import NormalizedInputs
 
     inputs, condition, brain = synthetic_inputs(manifest, shape, seed=seed)
     reference = sitk.Image([int(n) for n in reversed(tuple(shape))], sitk.sitkFloat32)
@@ -186,7 +186,7 @@ def _ort_row(manifest: ModelManifest, shape: Sequence[int], *, repeats: int, thr
     """The pipeline's own ``infer`` (CPU provider, the configured threads and TTA) on synthetic inputs."""
     import onnxruntime as ort
 
-    from operators.inference_operator import InferenceSettings, get_session, infer
+    from operators.inference import InferenceSettings, get_session, infer
 
     normalized = _normalized(manifest, shape, seed)
     settings = InferenceSettings(providers=("CPUExecutionProvider",), intra_op_threads=threads, tta=tta)
@@ -210,7 +210,7 @@ def _eager_row(
     """The same network in PyTorch eager (``torch.inference_mode``), tiled and padded by ``predict_volume``."""
     import torch
 
-    from operators.inference_operator import predict_volume
+    from operators.inference import predict_volume
     from training.networks import describe_network
 
     torch.set_num_threads(threads)

@@ -75,8 +75,8 @@ def _best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def _ours(folder: Path) -> Any:
-    from operators.series_to_volume_operator import build_volume
-    from operators.study_loader_operator import load_study
+    from operators.series_to_volume import build_volume
+    from operators.study_loader import load_study
 
     study = load_study(folder)
     return build_volume(study.series[0])
@@ -159,9 +159,9 @@ def bench_ingest(work_dir: Path, *, repeats: int = 5) -> dict[str, float]:
     """
     import SimpleITK as sitk
 
-    from operators.series_selector_operator import select_roles
-    from operators.series_to_volume_operator import build_volumes
-    from operators.study_loader_operator import load_study
+    from operators.series_selector import select_roles
+    from operators.series_to_volume import build_volumes
+    from operators.study_loader import load_study
 
     series_dir = _t1_series(work_dir)
     ours_s = monai_s = float("inf")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
-from operators.brain_mask_operator import template_path
+from operators.brain_mask import template_path
 
 __all__ = ["enhancing_pair", "head_image", "mni_head", "rigid", "with_noise"]
 

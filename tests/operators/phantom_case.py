@@ -15,10 +15,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from operators.roles import Role
-from operators.series_selector_operator import select_roles
-from operators.series_to_volume_operator import build_volumes
+from operators.series_selector import select_roles
+from operators.series_to_volume import build_volumes
 from operators.study import Selection, Volume
-from operators.study_loader_operator import load_study
+from operators.study_loader import load_study
 from training.phantom import PhantomOptions, generate_study
 
 __all__ = ["PhantomCase", "phantom_case", "truth_transform"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from operators.brain_mask_operator import BrainMaskOperator, brain_mask, template_path
+from operators.brain_mask import BrainMaskOperator, brain_mask, template_path
 from operators.errors import RegistrationError
 from tests.operators.mni_head import head_image, mni_head, rigid, with_noise
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from operators.inference_operator import (
+from operators.inference import (
     PROVIDER_PRIORITY,
     InferenceOperator,
     InferenceSettings,

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from operators.brain_mask_operator import BrainMask
+from operators.brain_mask import BrainMask
 from operators.errors import InputDicomError
 from operators.model_manifest import (
     ConditionFeature,
@@ -28,8 +28,8 @@ from operators.normalization import (
     robust_scalar,
     truncated_std_factor,
 )
-from operators.normalization_operator import condition_vector, normalize
-from operators.registration_operator import RegisteredStudy
+from operators.model_inputs import condition_vector, normalize
+from operators.registration import RegisteredStudy
 from operators.roles import Role
 from operators.study import ContrastInfo, Series, Volume
 from tests.conftest import REPO
@@ -302,8 +302,8 @@ class TestPhantomNoise:
         ids=["default", "noisy", "1.5T-gadoterate-d0.1"],
     )
     def test_noise_estimate_within_10_percent_of_the_truth(self, seed: int, options: dict[str, object]) -> None:
-        from operators.brain_mask_operator import brain_mask
-        from operators.registration_operator import register_volumes
+        from operators.brain_mask import brain_mask
+        from operators.registration import register_volumes
         from tests.operators.phantom_case import phantom_case
 
         case = phantom_case(seed, **options)

@@ -10,18 +10,18 @@ import SimpleITK as sitk
 from monai.deploy.core import Application, Fragment, Operator, OperatorSpec
 from scipy import ndimage
 
-from operators.brain_mask_operator import BrainMask, BrainMaskOperator
-from operators.inference_operator import InferenceOperator, InferenceSettings, Prediction, infer
+from operators.brain_mask import BrainMask, BrainMaskOperator
+from operators.inference import InferenceOperator, InferenceSettings, Prediction, infer
 from operators.model_manifest import ModelManifest, OutputScale
-from operators.normalization_operator import NormalizationOperator, NormalizedInputs, normalize
-from operators.postprocess_operator import (
+from operators.model_inputs import NormalizationOperator, NormalizedInputs, normalize
+from operators.postprocess import (
     PostprocessOperator,
     SyntheticResult,
     contrast_signal,
     enhancement_mask,
     postprocess,
 )
-from operators.registration_operator import RegisteredStudy, RegistrationOperator
+from operators.registration import RegisteredStudy, RegistrationOperator
 from operators.roles import Role
 from operators.study import ContrastInfo, Selection, Series, Study, Volume
 from tests.conftest import REPO
@@ -250,8 +250,8 @@ class TestOperatorChain:
 class TestPhantomBaseline:
     def test_enhancing_lesions_brighter_than_t1_pre(self) -> None:
         """A phantom with one solid, one ring-enhancing and one non-enhancing lesion, through the whole chain."""
-        from operators.brain_mask_operator import brain_mask
-        from operators.registration_operator import register_volumes
+        from operators.brain_mask import brain_mask
+        from operators.registration import register_volumes
         from tests.operators.phantom_case import phantom_case
         from training.phantom import LesionSpec
 

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from operators.errors import RegistrationError
-from operators.registration_operator import (
+from operators.registration import (
     RegistrationSettings,
     build_pyramid,
     image_similarity,

@@ -17,9 +17,9 @@ from operators.contrast import agent_from_text
 from operators.errors import NoMatchingSeriesError
 from operators.roles import Role, relaxivity
 from operators.series_rules import load_rules, match_condition
-from operators.series_selector_operator import SeriesSelectorOperator, select_roles
+from operators.series_selector import SeriesSelectorOperator, select_roles
 from operators.study import Selection
-from operators.study_loader_operator import load_study
+from operators.study_loader import load_study
 from tests.operators.dicom_factory import SeriesSpec, write_series
 
 XA30 = "dcm_qa_xa30"
@@ -228,7 +228,7 @@ class TestPreferencesAndTies:
     def test_two_equally_good_t1(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         specs = _exam_specs(t2={"protocol": "t1_mprage", "description": "t1_mprage_sag", "series_number": 12})
         uids = _write(tmp_path, specs, ["t1_pre", "t2"])
-        with caplog.at_level(logging.WARNING, logger="operators.series_selector_operator"):
+        with caplog.at_level(logging.WARNING, logger="operators.series_selector"):
             selection = select_roles(load_study(tmp_path))
         assert selection.roles[Role.T1_PRE].series_instance_uid == uids["t1_pre"]  # SeriesNumber 2 < 12
         assert "2 equally good candidates for t1_pre" in caplog.text

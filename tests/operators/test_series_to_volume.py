@@ -26,9 +26,9 @@ from operators.errors import (
 )
 from operators.pixel_reader import read_pixels
 from operators.roles import Role
-from operators.series_to_volume_operator import SeriesToVolumeOperator, build_volume, build_volumes
+from operators.series_to_volume import SeriesToVolumeOperator, build_volume, build_volumes
 from operators.study import Selection
-from operators.study_loader_operator import load_studies, load_study
+from operators.study_loader import load_studies, load_study
 from tests.operators.dicom_factory import SeriesSpec, slice_positions, stored_values, write_series
 
 XA30 = "dcm_qa_xa30"
@@ -317,7 +317,7 @@ class TestPhantomStudies:
 
     @pytest.mark.parametrize("case", PHANTOM_CASES, ids=["-".join(c) for c in PHANTOM_CASES])
     def test_roles_and_volumes(self, case: tuple[str, ...], tmp_path: Path) -> None:
-        from operators.series_selector_operator import select_roles
+        from operators.series_selector import select_roles
 
         out = _phantom(case, tmp_path)
         params = json.loads((out / "truth" / "params.json").read_text())
@@ -354,8 +354,8 @@ class TestOperatorChain:
         from holoscan.conditions import CountCondition
         from monai.deploy.core import Application, Operator, OperatorSpec
 
-        from operators.series_selector_operator import SeriesSelectorOperator
-        from operators.study_loader_operator import StudyLoaderOperator
+        from operators.series_selector import SeriesSelectorOperator
+        from operators.study_loader import StudyLoaderOperator
 
         spec = SeriesSpec(description="t1_mprage_sag")
         write_series(tmp_path / "t1", spec)

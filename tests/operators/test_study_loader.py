@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 
 from operators.errors import MultipleStudiesError, NoStudyError
 from operators.fast_header import first_frame_group, frame_positions, raw_int, raw_numbers, raw_text, read_header
-from operators.study_loader_operator import StudyLoaderOperator, load_studies, load_study
+from operators.study_loader import StudyLoaderOperator, load_studies, load_study
 from tests.operators.dicom_factory import SeriesSpec, write_series
 
 XA30 = "dcm_qa_xa30"
@@ -60,7 +60,7 @@ class TestSkipping:
         paths = write_series(tmp_path / "a", SeriesSpec())
         (tmp_path / "copy").mkdir()
         shutil.copy(paths[0], tmp_path / "copy" / "again.dcm")
-        with caplog.at_level(logging.INFO, logger="operators.study_loader_operator"):
+        with caplog.at_level(logging.INFO, logger="operators.study_loader"):
             study = load_study(tmp_path)
         assert len(study.series[0].instances) == 10
         duplicates = [s for s in study.skipped if s.reason.startswith("duplicate SOP instance")]

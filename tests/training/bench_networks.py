@@ -3,7 +3,7 @@
 Run ``python -m tests.training.bench_networks [--base-width 8] [--shape 192 256 256]``. Not collected by pytest
 (speed targets live in benchmarks, not in timed tests). Exports an untrained network of the requested size into a
 temporary model folder (run time does not depend on the weights), loads it with the manifest loader and runs
-``operators.inference_operator.predict_volume`` as the pipeline does. Prints JSON: wall and CPU seconds per run
+``operators.inference.predict_volume`` as the pipeline does. Prints JSON: wall and CPU seconds per run
 (best of ``--repeats``), peak memory, and the configuration. On a shared machine compare CPU seconds / threads.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from operators.inference_operator import InferenceSettings, get_session, predict_volume
+from operators.inference import InferenceSettings, get_session, predict_volume
 from training.export import differential_manifest_fields, write_model_folder
 from training.networks import DifferentialUNet, DifferentialUNetConfig
 

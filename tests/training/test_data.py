@@ -13,9 +13,9 @@ from scipy import ndimage
 
 from operators.errors import InputDicomError, NoMatchingSeriesError
 from operators.roles import Role
-from operators.series_selector_operator import select_roles
-from operators.series_to_volume_operator import build_volumes
-from operators.study_loader_operator import load_study
+from operators.series_selector import select_roles
+from operators.series_to_volume import build_volumes
+from operators.study_loader import load_study
 from training.datasets import (
     PatchSampler,
     PatchSettings,

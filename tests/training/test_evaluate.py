@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from operators.series_to_volume_operator import build_volume
-from operators.study_loader_operator import load_study
+from operators.series_to_volume import build_volume
+from operators.study_loader import load_study
 from tests.conftest import REPO
 from training import metrics as m
 from training.evaluate import LESION_METRICS, METHODS, SUBJECT_METRICS, EvaluationConfig, parse_test_set, score_subject

@@ -14,7 +14,7 @@ import onnx
 import pytest
 import torch
 
-from operators.inference_operator import get_session, predict_volume
+from operators.inference import get_session, predict_volume
 from operators.model_manifest import ModelIntegrityError, ModelManifest, ModelMode, OutputScale, load_manifest
 from tests.conftest import require_tool
 from training.export import (

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from app.cli import cli
-from operators.inference_operator import get_session, predict_volume
+from operators.inference import get_session, predict_volume
 from operators.model_manifest import ModelMode, OutputScale, load_manifest
 from training.datasets import load_sample
 from training.networks import DifferentialUNet, DifferentialUNetConfig

@@ -111,7 +111,7 @@ def sample_from_nifti(folder: Path, manifest: ModelManifest, *, source: dict[str
     """
     import SimpleITK as sitk
 
-    from operators.brain_mask_operator import BrainMask
+    from operators.brain_mask import BrainMask
     from operators.study import ContrastInfo
 
     folder = Path(folder)

@@ -23,7 +23,7 @@ from training.manifests import noise_scale_gamma
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
-    from operators.brain_mask_operator import BrainMask
+    from operators.brain_mask import BrainMask
     from operators.study import ContrastInfo, Volume
 
 # The preprocessing modules (SimpleITK, the pipeline's operators) are imported where a sample is built, so that a
@@ -56,7 +56,7 @@ class Sample:
     ----------
     image:
         float32 (channels, D, H, W): the model inputs in the manifest's channel order, exactly as the pipeline
-        makes them at inference (``operators.normalization_operator.normalize``).
+        makes them at inference (``operators.model_inputs.normalize``).
     condition:
         float32 condition vector (differential models) or None.
     target:
@@ -191,11 +191,11 @@ def sample_from_volumes(
     """
     from scipy import ndimage
 
-    from operators.brain_mask_operator import brain_mask
+    from operators.brain_mask import brain_mask
     from operators.errors import NoMatchingSeriesError, describe_series
     from operators.normalization import DifferentialNormalization
-    from operators.normalization_operator import normalize
-    from operators.registration_operator import register_volumes
+    from operators.model_inputs import normalize
+    from operators.registration import register_volumes
 
     roles = training_roles(manifest)
     missing = [r.value for r in roles if r not in volumes]
@@ -294,9 +294,9 @@ def sample_from_dicom(
     InputDicomError
         When the folder holds no usable study, a needed role is missing, or a later stage fails.
     """
-    from operators.series_selector_operator import select_roles
-    from operators.series_to_volume_operator import build_volumes
-    from operators.study_loader_operator import load_study
+    from operators.series_selector import select_roles
+    from operators.series_to_volume import build_volumes
+    from operators.study_loader import load_study
 
     study = load_study(Path(study_dir))
     selection = select_roles(

@@ -13,9 +13,9 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from operators.roles import Role
-from operators.series_to_volume_operator import build_volume
+from operators.series_to_volume import build_volume
 from operators.study import Volume
-from operators.study_loader_operator import load_study
+from operators.study_loader import load_study
 
 ENHANCED_T1W = Path("dcm_qa_xa30") / "In" / "5_anat-T1w_acq-tfl"
 

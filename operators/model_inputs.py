@@ -11,11 +11,11 @@ import numpy as np
 import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.brain_mask_operator import BrainMask
+from operators.brain_mask import BrainMask
 from operators.errors import InputDicomError, describe_series
 from operators.model_manifest import ConditionFeature, ModelManifest, NormalizationKind
 from operators.normalization import DifferentialNormalization, direct_strategy
-from operators.registration_operator import RegisteredStudy
+from operators.registration import RegisteredStudy
 from operators.roles import Role, relaxivity
 from operators.study import ContrastInfo, Selection, Volume
 

@@ -13,15 +13,15 @@ import SimpleITK as sitk
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import Application, Operator, OperatorSpec
 
-from operators.dicom_writer_operator import (
+from operators.dicom_writer import (
     DicomWriterOperator,
     WriterSettings,
     as_model_identity,
     resolve_inputs,
     write_outputs,
 )
-from operators.postprocess_operator import SyntheticResult
-from operators.registration_operator import RegisteredStudy
+from operators.postprocess import SyntheticResult
+from operators.registration import RegisteredStudy
 from operators.roles import Role
 from operators.study import Volume
 from operators.writers import ModelIdentity, OutputEntry, OutputKind

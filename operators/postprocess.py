@@ -11,10 +11,10 @@ import numpy as np
 import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.inference_operator import Prediction
+from operators.inference import Prediction
 from operators.model_manifest import NormalizationKind, OutputMeaning, OutputScale
 from operators.normalization import direct_strategy
-from operators.normalization_operator import NormalizedInputs
+from operators.model_inputs import NormalizedInputs
 
 __all__ = ["PostprocessOperator", "SyntheticResult", "contrast_signal", "enhancement_mask", "postprocess"]
 

@@ -16,7 +16,7 @@ import onnxruntime as ort
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.model_manifest import ModelManifest
-from operators.normalization_operator import NormalizedInputs
+from operators.model_inputs import NormalizedInputs
 
 __all__ = [
     "PROVIDER_PRIORITY",

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.errors import RegistrationError, describe_series
-from operators.registration_operator import (
+from operators.registration import (
     RegistrationSettings,
     build_pyramid,
     image_similarity,
