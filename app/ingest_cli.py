@@ -32,20 +32,27 @@ def _geometry(features: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def inspect_study(study_dir: Path, *, rules: Path | None = None, progress: bool = False) -> dict[str, Any]:
+def inspect_study(study_dir: Path, *, rules: Path | None = None) -> dict[str, Any]:
     """Load a study, select roles and describe every series (role or why none, and geometry) as a dict.
+
+    Runs the pipeline's own first two stages (``load_study``, ``select_series``).
 
     Raises
     ------
     InputDicomError
         When the folder holds no readable MR study (see `operators.study_loader.load_study`).
     """
+    from app.config import load_settings
+    from app.pipeline import Pipeline, PipelineRequest
     from operators.series_features import series_features
-    from operators.series_selector import select_roles
-    from operators.study_loader import load_study
 
-    study = load_study(study_dir, progress=progress)
-    selection = select_roles(study, rules, required=())
+    overrides = {} if rules is None else {"selection_rules": rules}
+    result = Pipeline(load_settings(**overrides)).run(PipelineRequest(study_dir=study_dir, last_stage="select_series"))
+    if result.error is not None:
+        raise result.error
+    study, selection = result.results.study, result.results.selection
+    if study is None or selection is None:  # pragma: no cover - both stages ran without error
+        raise RuntimeError("the selection stages returned nothing")
     decisions = {d.series_instance_uid: d for d in selection.decisions}
     series_out = []
     for series in study.series:
@@ -109,7 +116,7 @@ def inspect(
 ) -> None:
     """Print each series with its number, description, role (or why none) and geometry."""
     try:
-        report = inspect_study(study_dir, rules=rules, progress=not as_json)
+        report = inspect_study(study_dir, rules=rules)
     except InputDicomError as exc:
         raise _fail(exc) from None
     except (ValueError, FileNotFoundError) as exc:

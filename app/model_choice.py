@@ -9,12 +9,10 @@ from pathlib import Path
 from operators.errors import NoMatchingSeriesError
 from operators.model_manifest import MANIFEST_FILE, ModelManifest, ModelManifestError, load_manifest
 from operators.roles import Role
-from operators.series_selector import select_roles
 from operators.study import Selection, Series
-from operators.study_loader import load_study
 from operators.writers.report import ModelCandidate, ModelChoiceInfo, SeriesSummary
 
-__all__ = ["MODEL_RULES", "ModelChoice", "ModelRule", "choose_by_roles", "choose_model", "choose_named", "scan_roles"]
+__all__ = ["MODEL_RULES", "ModelChoice", "ModelRule", "choose_by_roles", "choose_named", "named_choice"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +59,7 @@ class ModelChoice:
     info:
         The report.json entry (``model_choice``).
     selection:
-        The pre-scan's role selection (None when the model was named and no pre-scan ran).
+        The role selection the choice was made from (None when the model was named).
     error:
         Why the study is not eligible, when ``manifest`` is None.
     """
@@ -82,18 +80,6 @@ class ModelChoice:
         if self.manifest is None:
             raise self.error or NoMatchingSeriesError(self.info.reason)
         return self.manifest
-
-
-def scan_roles(input_path: Path, rules: Path | None = None) -> Selection:
-    """Load the study's headers and assign roles, requiring none (the pre-scan; no pixel data is read).
-
-    Raises
-    ------
-    operators.errors.InputDicomError
-        When the folder holds no readable MR study, or several (from ``load_study``).
-    """
-    study = load_study(input_path)
-    return select_roles(study, rules, required=())
 
 
 def _summary(series: Series) -> SeriesSummary:
@@ -157,7 +143,7 @@ def _not_eligible(selection: Selection, models_dir: Path, candidates: list[Model
 
 
 def choose_by_roles(selection: Selection, models_dir: Path) -> ModelChoice:
-    """Pick the model by the roles a study has, following :data:`MODEL_RULES` (the study's roles from the pre-scan).
+    """Pick the model by the roles a study has, following :data:`MODEL_RULES` (a stage after series selection).
 
     Candidates are examined in table order until one is installed and the study has every role it needs (the
     row's roles and the manifest's ``required_roles``); the chosen model's sha256 is verified.
@@ -170,8 +156,10 @@ def choose_by_roles(selection: Selection, models_dir: Path) -> ModelChoice:
     Raises
     ------
     operators.model_manifest.ModelManifestError
-        When a candidate's manifest is invalid, the chosen model's file is missing or its sha256 differs.
+        When no model of the table is installed, a candidate's manifest is invalid, or the chosen model's file is
+        missing or its sha256 differs.
     """
+    _check_some_installed(models_dir)
     found = set(selection.roles)
     candidates: list[ModelCandidate] = []
     chosen: ModelManifest | None = None
@@ -225,50 +213,18 @@ def choose_by_roles(selection: Selection, models_dir: Path) -> ModelChoice:
     return ModelChoice(manifest=chosen, info=info, selection=selection)
 
 
+def named_choice(manifest: ModelManifest) -> ModelChoice:
+    """The choice of a model given by name (or as a manifest): no table lookup."""
+    logger.info("model %s %s: %s", manifest.name, manifest.version, NAMED_REASON)
+    return ModelChoice(manifest=manifest, info=ModelChoiceInfo(chosen=manifest.name, named=True, reason=NAMED_REASON))
+
+
 def choose_named(models_dir: Path, name: str) -> ModelChoice:
-    """Load the model named in the settings (no pre-scan; a study lacking its roles fails in the selector).
+    """Load the model named in the settings (the pipeline then checks that the study has the roles it needs).
 
     Raises
     ------
     operators.model_manifest.ModelManifestError
         When the model is missing (the message lists the models found) or its manifest / sha256 is wrong.
     """
-    manifest = load_manifest(models_dir, name)
-    logger.info("model %s %s: %s", manifest.name, manifest.version, NAMED_REASON)
-    return ModelChoice(manifest=manifest, info=ModelChoiceInfo(chosen=manifest.name, named=True, reason=NAMED_REASON))
-
-
-def choose_model(
-    input_path: Path, models_dir: Path, name: str | None = None, *, rules: Path | None = None
-) -> ModelChoice:
-    """The model for a study: ``name`` when given, else by the roles found by a header-only pre-scan.
-
-    Used by every front door (``python -m app``, ``gadsynth run``, evaluation) through ``app.runner.run_study``.
-
-    Parameters
-    ----------
-    input_path:
-        The study folder.
-    models_dir:
-        Folder holding one sub-folder per model.
-    name:
-        A model folder name from the settings, or None for the automatic choice (:data:`MODEL_RULES`).
-    rules:
-        Series-selection rules, the same ones the pipeline's selector uses (None: the packaged rules).
-
-    Returns
-    -------
-    ModelChoice
-        The model (None when the study is not eligible; :meth:`ModelChoice.require` raises the reason).
-
-    Raises
-    ------
-    operators.model_manifest.ModelManifestError
-        When the named model, or every model of the table, is missing, or a manifest / sha256 is wrong.
-    operators.errors.InputDicomError
-        When the pre-scan finds no readable MR study (empty folder, several studies, ...).
-    """
-    if name:
-        return choose_named(models_dir, name)
-    _check_some_installed(models_dir)
-    return choose_by_roles(scan_roles(input_path, rules), models_dir)
+    return named_choice(load_manifest(models_dir, name))

@@ -9,26 +9,21 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.errors import RegistrationError, describe_series
-from operators.registration import (
+from operators.errors import RegistrationError
+from operators.image_registration import (
     RegistrationSettings,
     build_pyramid,
     image_similarity,
     run_registration,
     transform_motion,
 )
-from operators.roles import Role
-from operators.study import Volume
 
 __all__ = [
     "BrainMask",
-    "BrainMaskOperator",
     "BrainMaskSettings",
     "brain_mask",
     "template_path",
@@ -304,38 +299,3 @@ def brain_mask(
         quality["seconds"],
     )
     return BrainMask(mask=mask, transform=affine, quality=quality)
-
-
-class BrainMaskOperator(Operator):  # type: ignore[misc]  # Operator comes from an untyped package
-    """Computes the brain mask of the t1_pre volume (MNI152 template, affine registration).
-
-    Named input:
-        volumes: dict[Role, Volume] from the series-to-volume operator (only ``t1_pre`` is used).
-
-    Named output:
-        brain_mask: BrainMask on the t1_pre grid.
-    """
-
-    def __init__(
-        self, fragment: Fragment, *args: Any, settings: BrainMaskSettings | None = None, **kwargs: Any
-    ) -> None:
-        self.input_name_volumes = "volumes"
-        self.output_name_mask = "brain_mask"
-        self._settings = settings
-        super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input(self.input_name_volumes)
-        spec.output(self.output_name_mask)
-
-    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        volumes: dict[Role, Volume] = op_input.receive(self.input_name_volumes)
-        if Role.T1_PRE not in volumes:
-            raise RegistrationError(
-                f"No t1_pre volume for the brain mask; found roles {sorted(r.value for r in volumes)}.",
-                expected="t1_pre",
-                found=", ".join(sorted(r.value for r in volumes)) or "none",
-            )
-        reference = volumes[Role.T1_PRE]
-        label = describe_series(reference.series.series_instance_uid, reference.series.description)
-        op_output.emit(brain_mask(reference.image, label=label, settings=self._settings), self.output_name_mask)

@@ -1,4 +1,4 @@
-"""ONNX Runtime inference: cached sessions, provider choice, sliding window with Gaussian blending, flip TTA."""
+"""ONNX Runtime inference: warm sessions, provider choice, sliding window with Gaussian blending, flip TTA."""
 
 from __future__ import annotations
 
@@ -13,16 +13,15 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.model_manifest import ModelManifest
 from operators.model_inputs import NormalizedInputs
+from operators.model_manifest import ModelManifest
 
 __all__ = [
     "PROVIDER_PRIORITY",
-    "InferenceOperator",
     "InferenceSettings",
     "Prediction",
+    "SessionPool",
     "gaussian_importance",
     "get_session",
     "infer",
@@ -121,9 +120,42 @@ def select_providers(preferred: Sequence[str] | None = None, *, available: Seque
     return [p for p in PROVIDER_PRIORITY if p in available]
 
 
-@functools.lru_cache(maxsize=8)
-def _session(path: str, sha256: str, providers: tuple[str, ...], intra: int, inter: int) -> ort.InferenceSession:
-    del sha256  # part of the cache key only: a re-exported model gets a new session
+class SessionPool:
+    """ONNX Runtime sessions kept warm for the life of a process (one per model file, providers and threads).
+
+    A long-lived process (a service worker, an evaluation over many studies) builds its pool once, so only the
+    first study pays for loading and optimizing the graph. ``created`` counts the sessions built, so a caller (or a
+    test) can check that later studies built none.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, str, tuple[str, ...], int, int], ort.InferenceSession] = {}
+        self.created = 0
+
+    def get(self, manifest: ModelManifest, settings: InferenceSettings | None = None) -> ort.InferenceSession:
+        """The session of a model, created on first use.
+
+        Sessions are keyed by model path, sha256 (a re-exported model gets a new session), providers and thread
+        counts.
+
+        Raises
+        ------
+        ValueError
+            When requested providers are not available.
+        """
+        settings = settings or InferenceSettings()
+        providers = tuple(select_providers(settings.providers))
+        path = str(manifest.model_path.resolve())
+        key = (path, manifest.sha256, providers, settings.intra_op_threads, settings.inter_op_threads)
+        session = self._sessions.get(key)
+        if session is None:
+            session = _new_session(path, providers, settings.intra_op_threads, settings.inter_op_threads)
+            self._sessions[key] = session
+            self.created += 1
+        return session
+
+
+def _new_session(path: str, providers: tuple[str, ...], intra: int, inter: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra
@@ -137,25 +169,19 @@ def _session(path: str, sha256: str, providers: tuple[str, ...], intra: int, int
     return session
 
 
-def get_session(manifest: ModelManifest, settings: InferenceSettings | None = None) -> ort.InferenceSession:
-    """The process-wide ONNX Runtime session of a model (created on first use, then reused).
+#: The pool of callers that hold none of their own (tests, benchmarks, training checks).
+_DEFAULT_POOL = SessionPool()
 
-    Sessions are cached by model path, sha256, providers and thread counts.
+
+def get_session(manifest: ModelManifest, settings: InferenceSettings | None = None) -> ort.InferenceSession:
+    """The session of a model from the process-wide default pool (see :class:`SessionPool`).
 
     Raises
     ------
     ValueError
         When requested providers are not available.
     """
-    settings = settings or InferenceSettings()
-    providers = tuple(select_providers(settings.providers))
-    return _session(
-        str(manifest.model_path.resolve()),
-        manifest.sha256,
-        providers,
-        settings.intra_op_threads,
-        settings.inter_op_threads,
-    )
+    return _DEFAULT_POOL.get(manifest, settings)
 
 
 def gaussian_importance(patch_size: Sequence[int], *, sigma_scale: float = 0.125) -> np.ndarray:
@@ -314,8 +340,12 @@ def predict_volume(
     return total / np.float32(8.0), patches
 
 
-def infer(normalized: NormalizedInputs, settings: InferenceSettings | None = None) -> Prediction:
+def infer(
+    normalized: NormalizedInputs, settings: InferenceSettings | None = None, *, sessions: SessionPool | None = None
+) -> Prediction:
     """Run the normalized inputs' model and return its first output channel on the t1_pre grid.
+
+    ``sessions`` is the caller's warm pool (a :class:`app.pipeline.Pipeline` holds one); None uses the default.
 
     Raises
     ------
@@ -325,7 +355,7 @@ def infer(normalized: NormalizedInputs, settings: InferenceSettings | None = Non
     settings = settings or InferenceSettings()
     manifest = normalized.manifest
     started = time.perf_counter()
-    session = get_session(manifest, settings)
+    session = (sessions or _DEFAULT_POOL).get(manifest, settings)
     providers = session.get_providers()
     tta = settings.tta if settings.tta is not None else any(p in _GPU_PROVIDERS for p in providers)
     output, patches = predict_volume(
@@ -357,47 +387,3 @@ def infer(normalized: NormalizedInputs, settings: InferenceSettings | None = Non
         patches=patches,
         seconds=seconds,
     )
-
-
-class InferenceOperator(Operator):  # type: ignore[misc]  # Operator comes from an untyped package
-    """Runs the model with ONNX Runtime (MONAI Deploy's pre_process / predict / post_process split).
-
-    The session is created once per process and cached by model path (``get_session``), so a service worker keeps
-    the model warm between jobs.
-
-    Named input:
-        normalized: NormalizedInputs from the normalization operator.
-
-    Named output:
-        prediction: Prediction (the model output on the t1_pre grid, with providers, TTA and timing).
-    """
-
-    def __init__(
-        self, fragment: Fragment, *args: Any, settings: InferenceSettings | None = None, **kwargs: Any
-    ) -> None:
-        self.input_name_normalized = "normalized"
-        self.output_name_prediction = "prediction"
-        self._settings = settings or InferenceSettings()
-        super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input(self.input_name_normalized)
-        spec.output(self.output_name_prediction)
-
-    def pre_process(self, data: NormalizedInputs) -> NormalizedInputs:
-        """Warm the session (the normalization already shaped the tensors)."""
-        get_session(data.manifest, self._settings)
-        return data
-
-    def predict(self, data: NormalizedInputs) -> Prediction:
-        """Run the model (whole volume or sliding window, optional TTA)."""
-        return infer(data, self._settings)
-
-    def post_process(self, data: Prediction) -> Prediction:
-        """Nothing to do here: undoing the normalization is the post-processing operator's job."""
-        return data
-
-    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        normalized: NormalizedInputs = op_input.receive(self.input_name_normalized)
-        prediction = self.post_process(self.predict(self.pre_process(normalized)))
-        op_output.emit(prediction, self.output_name_prediction)

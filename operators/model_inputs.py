@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.brain_mask import BrainMask
 from operators.errors import InputDicomError, describe_series
@@ -17,9 +16,9 @@ from operators.model_manifest import ConditionFeature, ModelManifest, Normalizat
 from operators.normalization import DifferentialNormalization, direct_strategy
 from operators.registration import RegisteredStudy
 from operators.roles import Role, relaxivity
-from operators.study import ContrastInfo, Selection, Volume
+from operators.study import ContrastInfo, Volume
 
-__all__ = ["NormalizationOperator", "NormalizedInputs", "condition_vector", "normalize"]
+__all__ = ["NormalizedInputs", "condition_vector", "normalize"]
 
 logger = logging.getLogger(__name__)
 
@@ -259,37 +258,3 @@ def normalize(
         s_ld=s_ld,
         params=params,
     )
-
-
-class NormalizationOperator(Operator):  # type: ignore[misc]  # Operator comes from an untyped package
-    """Normalizes the registered inputs as the model's manifest says (differential, z-score, [0, 1] or none).
-
-    Named inputs:
-        registered: RegisteredStudy from the registration operator.
-        brain_mask: BrainMask from the brain-mask operator.
-        selection: Selection from the series selector (its ``contrast`` feeds the condition vector).
-
-    Named output:
-        normalized: NormalizedInputs (input tensor, condition vector, and what the post-processing needs).
-    """
-
-    def __init__(self, fragment: Fragment, *args: Any, manifest: ModelManifest, **kwargs: Any) -> None:
-        self.input_name_registered = "registered"
-        self.input_name_mask = "brain_mask"
-        self.input_name_selection = "selection"
-        self.output_name_normalized = "normalized"
-        self._manifest = manifest
-        super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input(self.input_name_registered)
-        spec.input(self.input_name_mask)
-        spec.input(self.input_name_selection)
-        spec.output(self.output_name_normalized)
-
-    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        registered: RegisteredStudy = op_input.receive(self.input_name_registered)
-        mask: BrainMask = op_input.receive(self.input_name_mask)
-        selection: Selection = op_input.receive(self.input_name_selection)
-        normalized = normalize(registered, mask, self._manifest, contrast=selection.contrast)
-        op_output.emit(normalized, self.output_name_normalized)

@@ -330,6 +330,8 @@ class DirectNormalization(Protocol):
 
     def run(self, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, dict[str, float]]: ...
 
+    def apply(self, image: np.ndarray, params: dict[str, float]) -> np.ndarray: ...
+
     def undo(self, array: np.ndarray, params: dict[str, float]) -> np.ndarray: ...
 
 
@@ -350,11 +352,15 @@ class ZScoreNormalization:
         values = image[brain]
         if values.size < 100:
             raise ValueError(f"the brain mask holds {values.size} voxels (expected at least 100)")
-        mean, std = float(values.mean()), float(values.std())
-        out = (image - mean) / max(std, EPS)
+        params = {"mean": float(values.mean()), "std": float(values.std())}
+        return self.apply(image, params), params
+
+    def apply(self, image: np.ndarray, params: dict[str, float]) -> np.ndarray:
+        """Normalize with given parameters (e.g. another series' in this one's scale)."""
+        out = (image - params["mean"]) / max(params["std"], EPS)
         if self.clip is not None:
             out = np.clip(out, -self.clip, self.clip)
-        return out.astype(np.float32), {"mean": mean, "std": std}
+        return out.astype(np.float32)
 
     def undo(self, array: np.ndarray, params: dict[str, float]) -> np.ndarray:
         """Back to the source intensity scale."""
@@ -379,8 +385,13 @@ class MinMaxNormalization:
         if values.size < 100:
             raise ValueError(f"the brain mask holds {values.size} voxels (expected at least 100)")
         lo, hi = (float(v) for v in np.percentile(values, [self.low, self.high]))
-        out = np.clip((image - lo) / max(hi - lo, EPS), 0.0, 1.0)
-        return out.astype(np.float32), {"low": lo, "high": hi}
+        params = {"low": lo, "high": hi}
+        return self.apply(image, params), params
+
+    def apply(self, image: np.ndarray, params: dict[str, float]) -> np.ndarray:
+        """Normalize with given parameters (e.g. another series' in this one's scale)."""
+        out = np.clip((image - params["low"]) / max(params["high"] - params["low"], EPS), 0.0, 1.0)
+        return out.astype(np.float32)
 
     def undo(self, array: np.ndarray, params: dict[str, float]) -> np.ndarray:
         """Back to the source intensity scale."""
@@ -396,7 +407,12 @@ class IdentityNormalization:
     def run(self, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """Return the image as float32."""
         del brain
-        return image.astype(np.float32), {}
+        return self.apply(image, {}), {}
+
+    def apply(self, image: np.ndarray, params: dict[str, float]) -> np.ndarray:
+        """Return the image as float32."""
+        del params
+        return image.astype(np.float32)
 
     def undo(self, array: np.ndarray, params: dict[str, float]) -> np.ndarray:
         """Return the array as float32."""

@@ -9,14 +9,13 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.inference import Prediction
+from operators.model_inputs import NormalizedInputs
 from operators.model_manifest import NormalizationKind, OutputMeaning, OutputScale
 from operators.normalization import direct_strategy
-from operators.model_inputs import NormalizedInputs
 
-__all__ = ["PostprocessOperator", "SyntheticResult", "contrast_signal", "enhancement_mask", "postprocess"]
+__all__ = ["SyntheticResult", "contrast_signal", "enhancement_mask", "postprocess"]
 
 logger = logging.getLogger(__name__)
 
@@ -206,31 +205,3 @@ def postprocess(prediction: Prediction, normalized: NormalizedInputs) -> Synthet
         model={"name": prediction.model_name, "version": prediction.model_version, "sha256": prediction.model_sha256},
         params=params,
     )
-
-
-class PostprocessOperator(Operator):  # type: ignore[misc]  # Operator comes from an untyped package
-    """Undoes the normalization and builds the synthetic images and the enhancement mask.
-
-    Named inputs:
-        prediction: Prediction from the inference operator.
-        normalized: NormalizedInputs from the normalization operator (the record to undo).
-
-    Named output:
-        synthetic: SyntheticResult (x_SD~, x_SD+~, y, enhancement mask) on the t1_pre grid.
-    """
-
-    def __init__(self, fragment: Fragment, *args: Any, **kwargs: Any) -> None:
-        self.input_name_prediction = "prediction"
-        self.input_name_normalized = "normalized"
-        self.output_name_synthetic = "synthetic"
-        super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input(self.input_name_prediction)
-        spec.input(self.input_name_normalized)
-        spec.output(self.output_name_synthetic)
-
-    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        prediction: Prediction = op_input.receive(self.input_name_prediction)
-        normalized: NormalizedInputs = op_input.receive(self.input_name_normalized)
-        op_output.emit(postprocess(prediction, normalized), self.output_name_synthetic)

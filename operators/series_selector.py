@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monai.deploy.core import Fragment, Operator, OperatorSpec
-
 from operators.contrast import contrast_info, header_dose
 from operators.errors import NoMatchingSeriesError
 from operators.roles import Role
@@ -37,7 +35,7 @@ from operators.series_features import series_features
 from operators.series_rules import Match, evaluate, load_rules
 from operators.study import ContrastInfo, Selection, Series, SeriesDecision, Study
 
-__all__ = ["SeriesSelectorOperator", "select_roles"]
+__all__ = ["require_roles", "select_roles"]
 
 logger = logging.getLogger(__name__)
 
@@ -418,6 +416,30 @@ def select_roles(
     """
     data = load_rules(rules)
     selection = _Selector(study, data, dict(doses or {}), agent, field_strength_t).run()
+    require_roles(selection, required, data)
+    return selection
+
+
+def require_roles(selection: Selection, required: Sequence[Role], rules: Mapping[str, Any] | None = None) -> None:
+    """Check that a selection has every role in ``required``.
+
+    Parameters
+    ----------
+    selection:
+        From :func:`select_roles`.
+    required:
+        Roles that must have a series (e.g. a model's ``required_roles``).
+    rules:
+        The parsed rules the selection was made with (for the label of each role in the message); None: the
+        packaged rules.
+
+    Raises
+    ------
+    NoMatchingSeriesError
+        When a required role has no series; the message lists why each series was rejected.
+    """
+    data = load_rules(rules)
+    study = selection.study
     for role in required:
         if role not in selection.roles:
             label = next(
@@ -434,55 +456,3 @@ def select_roles(
                 expected=f"a series for role {role.value}",
                 found=f"{len(study.series)} series, none fits",
             )
-    return selection
-
-
-class SeriesSelectorOperator(Operator):  # type: ignore[misc]  # Operator comes from an untyped package
-    """Assign series roles (t1_pre, t1_low_dose, t1_standard_dose, t2, flair, adc, t1_map) by rules kept as data.
-
-    Named input:
-        study: the `operators.study.Study` from the study loader.
-
-    Named output:
-        selection: the `operators.study.Selection` (roles, a decision with reasons per series, contrast info).
-
-    ``rules`` is a path (JSON / YAML) or mapping, None for the packaged rules; ``required`` the roles that must be
-    found; ``doses``, ``agent`` and ``field_strength_t`` come from the request and are used where the headers do
-    not say (see `select_roles`).
-    """
-
-    def __init__(
-        self,
-        fragment: Fragment,
-        *args: Any,
-        rules: Mapping[str, Any] | str | Path | None = None,
-        required: Sequence[Role] = (Role.T1_PRE,),
-        doses: Mapping[Role, float] | None = None,
-        agent: str | None = None,
-        field_strength_t: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.input_name_study = "study"
-        self.output_name_selection = "selection"
-        self._rules = load_rules(rules)
-        self._required = tuple(required)
-        self._doses = dict(doses or {})
-        self._agent = agent
-        self._field_strength_t = field_strength_t
-        super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input(self.input_name_study)
-        spec.output(self.output_name_selection)
-
-    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        study = op_input.receive(self.input_name_study)
-        selection = select_roles(
-            study,
-            self._rules,
-            required=self._required,
-            doses=self._doses,
-            agent=self._agent,
-            field_strength_t=self._field_strength_t,
-        )
-        op_output.emit(selection, self.output_name_selection)

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom import Dataset
 
 from operators.errors import InconsistentGeometryError
@@ -21,7 +20,6 @@ from operators.study import Instance, Selection, Series, SliceRef, Volume
 __all__ = [
     "MAX_TILT_DEGREES",
     "SPACING_TOLERANCE",
-    "SeriesToVolumeOperator",
     "build_volume",
     "build_volumes",
     "frame_geometry",
@@ -392,27 +390,3 @@ def build_volumes(selection: Selection, roles: Iterable[Role] | None = None) -> 
     """
     wanted = list(roles) if roles is not None else list(selection.roles)
     return {role: build_volume(selection.roles[role], role) for role in wanted if role in selection.roles}
-
-
-class SeriesToVolumeOperator(Operator):  # type: ignore[misc]  # Operator comes from an untyped package
-    """Rebuild every selected series as a 3D image (not only one, as the SDK's operator does).
-
-    Named input:
-        selection: the `operators.study.Selection` from the series selector.
-
-    Named output:
-        volumes: dict mapping each selected `Role` to its `operators.study.Volume`.
-    """
-
-    def __init__(self, fragment: Fragment, *args: Any, **kwargs: Any) -> None:
-        self.input_name_selection = "selection"
-        self.output_name_volumes = "volumes"
-        super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input(self.input_name_selection)
-        spec.output(self.output_name_volumes)
-
-    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        selection = op_input.receive(self.input_name_selection)
-        op_output.emit(build_volumes(selection), self.output_name_volumes)

@@ -7,9 +7,7 @@ import struct
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -21,7 +19,6 @@ from operators.study import Instance, Series, SkippedFile, Study
 
 __all__ = [
     "NON_IMAGE_SOP_CLASSES",
-    "StudyLoaderOperator",
     "load_studies",
     "load_study",
 ]
@@ -305,46 +302,3 @@ def load_study(path: Path, *, study_instance_uid: str | None = None, progress: b
         if other is not mr_studies[0]:
             logger.info("Ignored study %s: no MR image series", other.study_instance_uid)
     return mr_studies[0]
-
-
-class StudyLoaderOperator(Operator):  # type: ignore[misc]  # Operator comes from an untyped package
-    """Load the study in a folder of DICOM files (recursive; header only, pixels are read for selected series).
-
-    Named input:
-        input_folder: Path of the folder to load. Optional; when nothing arrives, the folder given at construction
-        is used, else the MAP input path (``HOLOSCAN_INPUT_PATH``).
-
-    Named output:
-        study: the `operators.study.Study` found there.
-    """
-
-    def __init__(
-        self,
-        fragment: Fragment,
-        *args: Any,
-        input_folder: Path | None = None,
-        study_instance_uid: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.input_name_folder = "input_folder"
-        self.output_name_study = "study"
-        self._input_folder = Path(input_folder) if input_folder is not None else None
-        self._study_instance_uid = study_instance_uid
-        super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input(self.input_name_folder).condition(ConditionType.NONE)
-        spec.output(self.output_name_study)
-
-    def _default_folder(self) -> Path:
-        if self._input_folder is not None:
-            return self._input_folder
-        from monai.deploy.core import RuntimeEnv
-
-        return Path(RuntimeEnv().input)
-
-    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        received = op_input.receive(self.input_name_folder)
-        folder = Path(received) if received else self._default_folder()
-        study = load_study(folder, study_instance_uid=self._study_instance_uid)
-        op_output.emit(study, self.output_name_study)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ import SimpleITK as sitk
 from training.phantom import LesionSpec, PhantomOptions, generate_study
 
 if TYPE_CHECKING:
+    from app.pipeline import Pipeline
     from training.evaluate import EvaluationConfig
 
 __all__ = [
@@ -120,8 +122,19 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=4)
+def _pipeline(model: str, models_dir: Path) -> Pipeline:
+    from app.config import load_settings
+    from app.pipeline import Pipeline
+
+    return Pipeline(load_settings(model=model, models_dir=models_dir))
+
+
 def ensure_pipeline_run(dicom_dir: Path, run_dir: Path, *, model: str, models_dir: Path) -> dict[str, Any]:
-    """Run the pipeline (``app.runner.run_study``) on a study unless ``run_dir`` already holds a good run of it.
+    """Run the pipeline on a study unless ``run_dir`` already holds a good run of it.
+
+    One :class:`app.pipeline.Pipeline` per models folder and model serves every study of an evaluation, so the
+    model's ONNX Runtime session is built once.
 
     Returns
     -------
@@ -135,10 +148,9 @@ def ensure_pipeline_run(dicom_dir: Path, run_dir: Path, *, model: str, models_di
             return {**summary, "cached": True}
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    from app.config import load_settings
-    from app.runner import run_study
+    from app.pipeline import PipelineRequest
 
-    run_study(dicom_dir, run_dir, settings=load_settings(model=model, models_dir=models_dir))
+    _pipeline(model, models_dir).run(PipelineRequest(study_dir=dicom_dir, output_dir=run_dir))
     return {**_run_summary(run_dir), "cached": False}
 
 

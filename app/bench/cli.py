@@ -19,7 +19,7 @@ __all__ = ["bench", "bench_pipeline"]
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ("phantom", "ingest", "pipeline", "inference")
+SECTIONS = ("phantom", "ingest", "pipeline", "warm", "inference")
 
 
 def _run_child(command: list[str]) -> tuple[float, int, float]:
@@ -142,6 +142,11 @@ def bench(
         if "pipeline" in sections:
             typer.echo("bench: pipeline end to end (full-size phantom study)...", err=True)
             results["pipeline"] = bench_pipeline(work, model=model)
+        if "warm" in sections:
+            from app.bench.warm import bench_warm
+
+            typer.echo("bench: warm pipeline (two full-size studies through one Pipeline)...", err=True)
+            results["warm"] = bench_warm(work, model=model)
         if "inference" in sections:
             from app.bench.inference import bench_inference
 

@@ -24,8 +24,8 @@ from training.model_folder import network_from_folder, recorded_network_config
 if TYPE_CHECKING:
     from torch import nn
 
-    from operators.model_manifest import ModelManifest
     from operators.model_inputs import NormalizedInputs
+    from operators.model_manifest import ModelManifest
 
 __all__ = [
     "FULL_SHAPE",

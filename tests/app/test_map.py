@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -225,3 +226,72 @@ class TestFrontDoors:
         report = json.loads((tmp_path / "report.json").read_text())
         assert "no-such-model" in report["error"]["message"]
         assert "ce-baseline-linear" in report["error"]["message"]
+
+
+GOLDEN = Path(__file__).parent / "golden"
+#: Fields of report.json that change from run to run (or with the output folder), compared by type only.
+VOLATILE = {"job_id", "started_at", "finished_at", "output_path", "input_path", "seconds"}
+#: ... and, in the list of outputs, the new series' UIDs and where they were written.
+VOLATILE_OUTPUTS = {"path", "series_instance_uid"}
+
+
+def _pixel_hashes(out: Path) -> dict[str, str]:
+    files = sorted(out.rglob("*.dcm"))
+    return {f"{p.parent.name}/{p.name}": hashlib.sha256(dcmread(p).PixelData).hexdigest() for p in files}
+
+
+def _compare(old: object, new: object, path: str, problems: list[str]) -> None:
+    key = path.rsplit("/", 1)[-1]
+    if isinstance(old, dict) and isinstance(new, dict):
+        if path.endswith("/timings_s"):  # timings: the same stages, plus the preview stage's own
+            missing = set(old) - set(new)
+            if missing:
+                problems.append(f"{path}: stages {sorted(missing)} missing")
+            return
+        for name in sorted(set(old) | set(new)):
+            if name not in new:
+                problems.append(f"{path}/{name} missing")
+            elif name not in old:
+                problems.append(f"{path}/{name} added")
+            else:
+                _compare(old[name], new[name], f"{path}/{name}", problems)
+    elif isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            problems.append(f"{path}: {len(old)} items before, {len(new)} now")
+        for index, (a, b) in enumerate(zip(old, new, strict=False)):
+            _compare(a, b, f"{path}[{index}]", problems)
+    elif key in VOLATILE or (path.startswith("/outputs") and key in VOLATILE_OUTPUTS):
+        if type(old) is not type(new):
+            problems.append(f"{path}: {type(old).__name__} before, {type(new).__name__} now")
+    elif isinstance(old, float) and isinstance(new, float):
+        if abs(old - new) > 1e-4 * max(1.0, abs(old)):  # multi-threaded ITK sums move the last digits
+            problems.append(f"{path}: {old} before, {new} now")
+    elif old != new:
+        problems.append(f"{path}: {old!r} before, {new!r} now")
+
+
+class TestSameAsBefore:
+    """The single-pipeline redesign (issue 9) changed no output: the golden files come from the code before it
+    (commit 8cb402f), `gadsynth run` on this phantom (seed 11, small) with --preview, on this machine's CPU."""
+
+    def test_pixel_data_is_byte_for_byte_the_same(self, map_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+        out, result = map_run
+        assert result.returncode == 0, result.stderr[-2000:]
+        golden = json.loads((GOLDEN / "seed11-small-pixels.json").read_text())
+        assert _pixel_hashes(out) == golden
+
+    def test_report_matches_the_previous_format_key_by_key(
+        self, map_run: tuple[Path, subprocess.CompletedProcess[str]]
+    ) -> None:
+        out, _ = map_run
+        old = json.loads((GOLDEN / "seed11-small-report.json").read_text())
+        new = json.loads((out / "report.json").read_text())
+        # Volumes are now built only for the roles the model uses (T2, FLAIR, ADC and the acquired standard dose
+        # are no longer decoded for a low-dose model), so those roles carry no grid.
+        for role in ("t1_standard_dose", "t2", "flair", "adc"):
+            for field in ("size", "spacing_mm"):
+                assert new["roles"][role][field] is None
+                old["roles"][role][field] = None
+        problems: list[str] = []
+        _compare(old, new, "", problems)
+        assert not problems, "\n".join(problems)

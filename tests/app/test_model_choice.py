@@ -16,10 +16,12 @@ import torch
 from pydicom import dcmread
 
 from app.config import load_settings
-from app.model_choice import MODEL_RULES, choose_model
+from app.model_choice import MODEL_RULES, ModelChoice, choose_by_roles, choose_named
 from app.runner import REPORT_NAME, run_study
 from operators.errors import NoMatchingSeriesError
 from operators.model_manifest import ModelIntegrityError, ModelManifestError, ModelMode
+from operators.series_selector import select_roles
+from operators.study_loader import load_study
 from tests.conftest import REPO
 from training.export import differential_manifest_fields, direct_manifest_fields, write_model_folder
 from training.networks import DifferentialUNet, DifferentialUNetConfig, DirectUNet, DirectUNetConfig
@@ -101,6 +103,13 @@ def zero_dose(tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
 def t1_only(tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
     """Only a pre-contrast T1: no model fits."""
     return generate_study(PhantomOptions(seed=23, size="small", roles=("t1_pre",)), tmp_path_factory.mktemp("t1"))
+
+
+def choose_model(study_dir: Path, models_dir: Path, name: str | None = None) -> ModelChoice:
+    """The choice the pipeline's choose_model stage makes for a study (after loading and selecting it)."""
+    if name:
+        return choose_named(models_dir, name)
+    return choose_by_roles(select_roles(load_study(study_dir), required=()), models_dir)
 
 
 class TestTable:
@@ -264,13 +273,13 @@ class TestNamedModel:
         assert choice.require().name == "ce-zerodose-v1"
         assert choice.info.named and choice.info.candidates == [] and choice.selection is None
 
-    def test_named_model_lacking_roles_is_the_selector_error(
+    def test_named_model_lacking_roles_is_refused_at_model_choice(
         self, t1_only: PhantomStudy, models: Path, tmp_path: Path
     ) -> None:
         settings = load_settings(models_dir=models, model="ce-baseline-linear")
         report = run_study(t1_only.dicom_dir, tmp_path, settings=settings)
         assert report.exit_code == 2
-        assert report.failed_stage == "select_series"
+        assert report.failed_stage == "choose_model"
         assert report.error is not None and report.error.error == "NoMatchingSeriesError"
         assert "No series fits role t1_low_dose" in report.error.message
         assert report.model_choice is not None and report.model_choice.named

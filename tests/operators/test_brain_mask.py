@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from operators.brain_mask import BrainMaskOperator, brain_mask, template_path
+from operators.brain_mask import brain_mask, template_path
 from operators.errors import RegistrationError
 from tests.operators.mni_head import head_image, mni_head, rigid, with_noise
 
@@ -80,13 +80,6 @@ class TestFailures:
         noise.CopyInformation(head)
         with pytest.raises(RegistrationError, match=r"Brain mask of series 5\.5 failed: the MNI152 template did not"):
             brain_mask(noise, label="series 5.5")
-
-    def test_operator_ports(self) -> None:
-        from monai.deploy.core import Fragment
-
-        operator = BrainMaskOperator(Fragment(), name="brain_mask")
-        assert operator.input_name_volumes == "volumes"
-        assert operator.output_name_mask == "brain_mask"
 
 
 class TestPhantom:

@@ -13,7 +13,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from operators.inference import (
     PROVIDER_PRIORITY,
-    InferenceOperator,
     InferenceSettings,
     gaussian_importance,
     get_session,
@@ -194,14 +193,3 @@ class TestBaselineModel:
         np.testing.assert_allclose(out[0], brain * (x_ld - x_pc) / 0.25, rtol=1e-5, atol=1e-6)
         tiny, _ = predict_volume(get_session(manifest), manifest, inputs, np.array([0.0], dtype=np.float32))
         assert np.isfinite(tiny).all()  # the dose is floored at 0.01 inside the graph
-
-
-class TestOperator:
-    def test_ports_and_split(self) -> None:
-        from monai.deploy.core import Fragment
-
-        operator = InferenceOperator(Fragment(), name="inference", settings=InferenceSettings(tta=False))
-        assert operator.input_name_normalized == "normalized"
-        assert operator.output_name_prediction == "prediction"
-        for method in ("pre_process", "predict", "post_process", "compute"):
-            assert callable(getattr(operator, method))

@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from operators.brain_mask import BrainMask
 from operators.errors import InputDicomError
+from operators.model_inputs import condition_vector, normalize
 from operators.model_manifest import (
     ConditionFeature,
     ConditionSpec,
@@ -28,7 +29,6 @@ from operators.normalization import (
     robust_scalar,
     truncated_std_factor,
 )
-from operators.model_inputs import condition_vector, normalize
 from operators.registration import RegisteredStudy
 from operators.roles import Role
 from operators.study import ContrastInfo, Series, Volume

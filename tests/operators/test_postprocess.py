@@ -1,31 +1,26 @@
-"""Post-processing: undoing the normalization, the baseline end to end, the enhancement mask, the operator chain."""
+"""Post-processing: undoing the normalization, the baseline end to end, the enhancement mask."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from monai.deploy.core import Application, Fragment, Operator, OperatorSpec
 from scipy import ndimage
 
-from operators.brain_mask import BrainMask, BrainMaskOperator
-from operators.inference import InferenceOperator, InferenceSettings, Prediction, infer
+from operators.brain_mask import BrainMask
+from operators.inference import InferenceSettings, Prediction, infer
+from operators.model_inputs import NormalizedInputs, normalize
 from operators.model_manifest import ModelManifest, OutputScale
-from operators.model_inputs import NormalizationOperator, NormalizedInputs, normalize
 from operators.postprocess import (
-    PostprocessOperator,
-    SyntheticResult,
     contrast_signal,
     enhancement_mask,
     postprocess,
 )
-from operators.registration import RegisteredStudy, RegistrationOperator
+from operators.registration import RegisteredStudy
 from operators.roles import Role
-from operators.study import ContrastInfo, Selection, Series, Study, Volume
+from operators.study import ContrastInfo, Series, Volume
 from tests.conftest import REPO
-from tests.operators.mni_head import enhancing_pair, mni_head, rigid
+from tests.operators.mni_head import enhancing_pair, mni_head
 
 SPACING = 3.0
 BASELINE = REPO / "models" / "ce-baseline-linear"
@@ -171,80 +166,6 @@ class TestEnhancementMask:
         assert sigma == pytest.approx(1.0, rel=0.1)
         assert not mask[:, :, :5].any()
         assert mask[:, :, 5:10].mean() > 0.99
-
-
-class _Source(Operator):  # type: ignore[misc]
-    def __init__(self, fragment: Fragment, *args: Any, volumes: dict[Role, Volume], selection: Selection) -> None:
-        self._volumes, self._selection = volumes, selection
-        super().__init__(fragment, *args, name="source")
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.output("volumes")
-        spec.output("selection")
-
-    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        op_output.emit(self._volumes, "volumes")
-        op_output.emit(self._selection, "selection")
-
-
-class _Sink(Operator):  # type: ignore[misc]
-    def __init__(self, fragment: Fragment, *args: Any, store: dict[str, Any]) -> None:
-        self._store = store
-        super().__init__(fragment, *args, name="sink")
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input("synthetic")
-
-    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        self._store["synthetic"] = op_input.receive("synthetic")
-
-
-class TestOperatorChain:
-    def test_registration_to_postprocessing_through_monai_deploy(self, pair: dict[str, np.ndarray]) -> None:
-        """The five operators wired with add_flow as the app composes them; the low-dose series moved."""
-        from holoscan.conditions import CountCondition
-
-        head, _ = mni_head(SPACING)
-        pose = rigid(head, rotation_deg=(2.0, -3.0, 2.0), translation_mm=(3.0, -2.0, 2.0))
-        moved_ld = sitk.Resample(
-            _volume(pair["x_ld"], Role.T1_LOW_DOSE, "1.2.2").image, head, pose.GetInverse(), sitk.sitkBSpline, 0.0
-        )
-        volumes = {
-            Role.T1_PRE: _volume(pair["x_pc"], Role.T1_PRE, "1.2.1"),
-            Role.T1_LOW_DOSE: Volume(
-                Role.T1_LOW_DOSE, _volume(pair["x_ld"], Role.T1_LOW_DOSE, "1.2.2").series, moved_ld, []
-            ),
-        }
-        selection = Selection(study=Study("1.2"), roles={}, decisions=[], contrast=CONTRAST)
-        manifest = ModelManifest.load(BASELINE)
-        store: dict[str, Any] = {}
-
-        class _App(Application):  # type: ignore[misc]
-            def compose(self) -> None:
-                source = _Source(self, CountCondition(self, 1), volumes=volumes, selection=selection)
-                registration = RegistrationOperator(self, name="registration")
-                mask = BrainMaskOperator(self, name="brain_mask")
-                normalization = NormalizationOperator(self, name="normalization", manifest=manifest)
-                inference = InferenceOperator(self, name="inference")
-                post = PostprocessOperator(self, name="postprocess")
-                sink = _Sink(self, store=store)
-                self.add_flow(source, registration, {("volumes", "volumes")})
-                self.add_flow(source, mask, {("volumes", "volumes")})
-                self.add_flow(source, normalization, {("selection", "selection")})
-                self.add_flow(registration, normalization, {("registered", "registered")})
-                self.add_flow(mask, normalization, {("brain_mask", "brain_mask")})
-                self.add_flow(normalization, inference, {("normalized", "normalized")})
-                self.add_flow(inference, post, {("prediction", "prediction")})
-                self.add_flow(normalization, post, {("normalized", "normalized")})
-                self.add_flow(post, sink, {("synthetic", "synthetic")})
-
-        _App().run()
-        result: SyntheticResult = store["synthetic"]
-        synthetic = sitk.GetArrayFromImage(result.synthetic)
-        enhancing = pair["enhancing"]
-        core = ndimage.binary_erosion(enhancing, iterations=1)
-        assert float(np.mean(synthetic[core] - pair["x_pc"][core])) > 0.5 * 3.0 * 60.0 / DOSE
-        assert float((result.mask & enhancing).sum()) / float(enhancing.sum()) > 0.7
 
 
 class TestPhantomBaseline:

@@ -17,7 +17,7 @@ from operators.contrast import agent_from_text
 from operators.errors import NoMatchingSeriesError
 from operators.roles import Role, relaxivity
 from operators.series_rules import load_rules, match_condition
-from operators.series_selector import SeriesSelectorOperator, select_roles
+from operators.series_selector import select_roles
 from operators.study import Selection
 from operators.study_loader import load_study
 from tests.operators.dicom_factory import SeriesSpec, write_series
@@ -376,15 +376,3 @@ class TestConditions:
     )
     def test_agent_from_text(self, text: str | None, agent: str | None) -> None:
         assert agent_from_text(text) == agent
-
-
-class TestOperator:
-    """The MONAI Deploy wrapper declares its ports and loads its rules at construction."""
-
-    def test_ports(self) -> None:
-        from monai.deploy.core import Fragment
-
-        op = SeriesSelectorOperator(Fragment(), name="selector")
-        assert (op.input_name_study, op.output_name_selection) == ("study", "selection")
-        with pytest.raises(ValueError, match="selections"):
-            SeriesSelectorOperator(Fragment(), rules={"selections": []}, name="bad")

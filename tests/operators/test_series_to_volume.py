@@ -26,7 +26,7 @@ from operators.errors import (
 )
 from operators.pixel_reader import read_pixels
 from operators.roles import Role
-from operators.series_to_volume import SeriesToVolumeOperator, build_volume, build_volumes
+from operators.series_to_volume import build_volume, build_volumes
 from operators.study import Selection
 from operators.study_loader import load_studies, load_study
 from tests.operators.dicom_factory import SeriesSpec, slice_positions, stored_values, write_series
@@ -261,7 +261,7 @@ class TestPixelErrors:
 
 
 class TestSelectionAndOperator:
-    """Every selected role becomes a volume; the operator declares its ports."""
+    """Every selected role becomes a volume."""
 
     def test_build_volumes_for_every_role(self, tmp_path: Path) -> None:
         write_series(tmp_path / "a", SeriesSpec(series_number=1))
@@ -273,13 +273,6 @@ class TestSelectionAndOperator:
         volumes = build_volumes(selection)
         assert set(volumes) == {Role.T1_PRE, Role.T2}
         assert volumes[Role.T2].role == Role.T2 and volumes[Role.T2].series is second
-
-    def test_operator_ports(self) -> None:
-        from monai.deploy.core import Fragment
-
-        op = SeriesToVolumeOperator(Fragment(), name="to_volume")
-        assert (op.input_name_selection, op.output_name_volumes) == ("selection", "volumes")
-        assert "Named input" in (SeriesToVolumeOperator.__doc__ or "")
 
 
 #: One small phantom study per combination that matters (vendor, T1 orientation, format, transfer syntax,
@@ -343,47 +336,3 @@ class TestPhantomStudies:
             np.testing.assert_allclose(
                 sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(truth), rtol=1e-6, atol=1e-4, err_msg=role
             )
-
-
-class TestOperatorChain:
-    """Loader -> selector -> series-to-volume run as a MONAI Deploy application, wired by their port constants."""
-
-    def test_application(self, tmp_path: Path) -> None:
-        from typing import Any
-
-        from holoscan.conditions import CountCondition
-        from monai.deploy.core import Application, Operator, OperatorSpec
-
-        from operators.series_selector import SeriesSelectorOperator
-        from operators.study_loader import StudyLoaderOperator
-
-        spec = SeriesSpec(description="t1_mprage_sag")
-        write_series(tmp_path / "t1", spec)
-        write_series(
-            tmp_path / "t2",
-            SeriesSpec(description="t2_tse_tra", protocol="t2", series_number=2, study_uid=spec.study_uid),
-        )
-        received: dict[str, Any] = {}
-
-        class Sink(Operator):  # type: ignore[misc]
-            def setup(self, op_spec: OperatorSpec) -> None:
-                op_spec.input("volumes")
-
-            def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-                received.update(op_input.receive("volumes"))
-
-        class IngestApp(Application):  # type: ignore[misc]
-            def compose(self) -> None:
-                loader = StudyLoaderOperator(self, CountCondition(self, 1), input_folder=tmp_path, name="loader")
-                selector = SeriesSelectorOperator(self, name="selector")
-                to_volume = SeriesToVolumeOperator(self, name="to_volume")
-                sink = Sink(self, name="sink")
-                self.add_flow(loader, selector, {(loader.output_name_study, selector.input_name_study)})
-                self.add_flow(selector, to_volume, {(selector.output_name_selection, to_volume.input_name_selection)})
-                self.add_flow(to_volume, sink, {(to_volume.output_name_volumes, "volumes")})
-
-        IngestApp().run()
-        assert set(received) == {Role.T1_PRE, Role.T2}
-        np.testing.assert_array_equal(
-            sitk.GetArrayFromImage(received[Role.T1_PRE].image), stored_values(spec).astype(np.float32)
-        )

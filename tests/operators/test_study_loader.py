@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 
 from operators.errors import MultipleStudiesError, NoStudyError
 from operators.fast_header import first_frame_group, frame_positions, raw_int, raw_numbers, raw_text, read_header
-from operators.study_loader import StudyLoaderOperator, load_studies, load_study
+from operators.study_loader import load_studies, load_study
 from tests.operators.dicom_factory import SeriesSpec, write_series
 
 XA30 = "dcm_qa_xa30"
@@ -147,18 +147,6 @@ class TestRawValues:
         assert raw_int(ds, 0x00280010) == full.Rows and raw_int(ds, 0x00280011) == full.Columns
         assert raw_text(ds, 0x00080008) == "\\".join(full.ImageType)
         assert raw_text(ds, 0x00181060) is None  # absent
-
-
-class TestOperator:
-    """The MONAI Deploy wrapper: ports and default folder."""
-
-    def test_ports_and_default(self, tmp_path: Path) -> None:
-        from monai.deploy.core import Fragment
-
-        op = StudyLoaderOperator(Fragment(), input_folder=tmp_path, name="loader")
-        assert (op.input_name_folder, op.output_name_study) == ("input_folder", "study")
-        assert op._default_folder() == tmp_path
-        assert "Named output" in (StudyLoaderOperator.__doc__ or "")
 
 
 class TestFastHeader:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from training.manifests import noise_scale_gamma
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
+    from app.pipeline import Pipeline, PipelineRequest, StageResults
     from operators.brain_mask import BrainMask
     from operators.study import ContrastInfo, Volume
 
@@ -104,22 +105,6 @@ def training_roles(manifest: ModelManifest) -> tuple[Role, ...]:
     return tuple(roles)
 
 
-@contextlib.contextmanager
-def _itk_threads(threads: int | None) -> Iterator[None]:
-    """Temporarily set SimpleITK's default number of threads (None: leave it)."""
-    import SimpleITK as sitk
-
-    if threads is None:
-        yield
-        return
-    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
-
-
 def _array(image: sitk.Image) -> np.ndarray:
     import SimpleITK as sitk
 
@@ -134,20 +119,30 @@ def _spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
 def _direct_target(
     manifest: ModelManifest, x_sd: np.ndarray, brain: np.ndarray, pre: Mapping[str, float]
 ) -> np.ndarray:
-    """x_SD in t1_pre's normalized scale: what ``DirectNormalization.undo`` maps back to intensities."""
-    spec = manifest.normalization
-    if spec.kind == NormalizationKind.MINMAX:
-        span = max(pre["high"] - pre["low"], 1e-6)
-        out = np.clip((x_sd - pre["low"]) / span, 0.0, 1.0)
-    elif spec.kind == NormalizationKind.ZSCORE:
-        out = (x_sd - pre["mean"]) / max(pre["std"], 1e-6)
-        if spec.zscore_clip is not None:
-            out = np.clip(out, -spec.zscore_clip, spec.zscore_clip)
-    else:
-        out = x_sd
-    if spec.mask_outside_brain:
+    """x_SD in t1_pre's normalized scale: what the direct strategy's ``undo`` maps back to intensities."""
+    from operators.normalization import direct_strategy
+
+    out = direct_strategy(manifest.normalization).apply(x_sd, dict(pre))
+    if manifest.normalization.mask_outside_brain:
         out = out * brain
     return np.asarray(out, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _pipeline() -> Pipeline:
+    """The pipeline whose stages make every sample (built once per process)."""
+    from app.config import load_settings
+    from app.pipeline import Pipeline
+
+    return Pipeline(load_settings())
+
+
+def _preprocess(request: PipelineRequest, given: StageResults | None = None) -> StageResults:
+    """Run the pipeline's stages up to ``normalize`` for a training study; raise its input error, if any."""
+    result = _pipeline().run(request, given)
+    if result.error is not None:
+        raise result.error
+    return result.results
 
 
 def sample_from_volumes(
@@ -189,13 +184,9 @@ def sample_from_volumes(
     InputDicomError
         From registration, brain masking or normalization (see those functions).
     """
-    from scipy import ndimage
-
-    from operators.brain_mask import brain_mask
-    from operators.errors import NoMatchingSeriesError, describe_series
-    from operators.normalization import DifferentialNormalization
-    from operators.model_inputs import normalize
-    from operators.registration import register_volumes
+    from app.model_choice import named_choice
+    from app.pipeline import PipelineRequest, StageResults
+    from operators.errors import NoMatchingSeriesError
 
     roles = training_roles(manifest)
     missing = [r.value for r in roles if r not in volumes]
@@ -207,13 +198,29 @@ def sample_from_volumes(
             expected=", ".join(r.value for r in roles),
             found=found,
         )
+    request = PipelineRequest(
+        study_dir=None,
+        manifest=manifest,
+        extra_roles=(Role.T1_STANDARD_DOSE,),
+        first_stage="register",
+        last_stage="normalize",
+        itk_threads=1 if reproducible else None,
+    )
+    given = StageResults(volumes=dict(volumes), contrast=dict(contrast), choice=named_choice(manifest), brain_mask=mask)
+    return _sample_from_results(_preprocess(request, given), manifest, source)
+
+
+def _sample_from_results(results: StageResults, manifest: ModelManifest, source: Mapping[str, Any] | None) -> Sample:
+    """The training sample (inputs as the pipeline made them, plus the standard-dose target) of one study."""
+    from scipy import ndimage
+
+    from operators.normalization import DifferentialNormalization
+
+    registered, normalized, volumes = results.registered, results.normalized, results.volumes
+    if registered is None or normalized is None or volumes is None:
+        raise RuntimeError("the preprocessing stages returned no registered study or model inputs")
+    roles = training_roles(manifest)
     reference = volumes[Role.T1_PRE]
-    label = describe_series(reference.series.series_instance_uid, reference.series.description)
-    with _itk_threads(1 if reproducible else None):
-        registered = register_volumes(dict(volumes), roles=roles)
-        if mask is None:
-            mask = brain_mask(reference.image, label=label)
-    normalized = normalize(registered, mask, manifest, contrast=dict(contrast))
     brain = normalized.brain
     x_pc = normalized.x_pc
     x_sd = _array(registered.images[Role.T1_STANDARD_DOSE])
@@ -278,14 +285,13 @@ def sample_from_dicom(
     study_dir: Path,
     manifest: ModelManifest,
     *,
-    rules: Mapping[str, Any] | str | Path | None = None,
     doses: Mapping[Role, float] | None = None,
     agent: str | None = None,
     field_strength_t: float | None = None,
     source: Mapping[str, Any] | None = None,
 ) -> Sample:
-    """A training sample from a DICOM study folder: the pipeline's loader, selector and volume builder, then
-    ``sample_from_volumes``.
+    """A training sample from a DICOM study folder: the pipeline's stages from ``load_study`` to ``normalize``,
+    with the standard-dose T1 carried along as the target.
 
     ``doses``, ``agent`` and ``field_strength_t`` stand in where the headers say nothing (as a request does).
 
@@ -294,22 +300,20 @@ def sample_from_dicom(
     InputDicomError
         When the folder holds no usable study, a needed role is missing, or a later stage fails.
     """
-    from operators.series_selector import select_roles
-    from operators.series_to_volume import build_volumes
-    from operators.study_loader import load_study
+    from app.pipeline import PipelineRequest
 
-    study = load_study(Path(study_dir))
-    selection = select_roles(
-        study,
-        rules,
-        required=training_roles(manifest),
-        doses=doses,
+    request = PipelineRequest(
+        study_dir=Path(study_dir),
+        manifest=manifest,
+        doses=dict(doses or {}),
         agent=agent,
         field_strength_t=field_strength_t,
+        extra_roles=(Role.T1_STANDARD_DOSE,),
+        last_stage="normalize",
+        itk_threads=1,
     )
-    volumes = build_volumes(selection, training_roles(manifest))
     info = {"kind": "dicom", "path": str(study_dir), **dict(source or {})}
-    return sample_from_volumes(volumes, selection.contrast, manifest, source=info)
+    return _sample_from_results(_preprocess(request), manifest, info)
 
 
 def save_sample(sample: Sample, path: Path, *, compact: bool = False) -> Path:

@@ -1,0 +1,203 @@
+"""The pipeline object: one stage list, warm model sessions across studies, the MAP built from the same stages."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from pydicom import dcmread
+from scipy import ndimage
+
+from app.app import run_map
+from app.config import load_settings
+from app.model_choice import named_choice
+from app.pipeline import STAGE_NAMES, STAGES, Pipeline, PipelineRequest, StageResults
+from operators.model_manifest import ModelManifest
+from operators.roles import Role
+from operators.study import ContrastInfo, Series, Volume
+from tests.conftest import REPO
+from tests.operators.mni_head import enhancing_pair, mni_head, rigid
+from training.phantom import PhantomOptions, PhantomStudy, generate_study
+
+GOLDEN = Path(__file__).parent / "golden"
+BASELINE = REPO / "models" / "ce-baseline-linear"
+SPACING = 3.0
+DOSE = 0.25
+CONTRAST = {Role.T1_LOW_DOSE: ContrastInfo(dose=DOSE, agent="gadobutrol", field_strength_t=3.0, r1=4.5)}
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory: pytest.TempPathFactory) -> list[PhantomStudy]:
+    root = tmp_path_factory.mktemp("studies")
+    return [generate_study(PhantomOptions(seed=seed, size="small"), root / str(seed)) for seed in (11, 14)]
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Pipeline:
+    return Pipeline(load_settings())
+
+
+class TestOnePipelineManyStudies:
+    def test_second_study_builds_no_session(
+        self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path
+    ) -> None:
+        created = []
+        for index, study in enumerate(studies):
+            result = pipeline.run(PipelineRequest(study_dir=study.dicom_dir, output_dir=tmp_path / str(index)))
+            assert result.exit_code == 0, result.report.error
+            assert result.report.model is not None and result.report.model.name == "ce-lowdose-v1"
+            created.append(pipeline.sessions.created)
+        assert created == [1, 1]
+
+    def test_plain_loop_gives_the_same_pixels_as_the_map(
+        self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path
+    ) -> None:
+        """Seed 11 through ``Pipeline.run`` matches the golden output of `gadsynth run` (the MAP graph)."""
+        result = pipeline.run(PipelineRequest(study_dir=studies[0].dicom_dir, output_dir=tmp_path))
+        assert result.exit_code == 0
+        files = sorted(tmp_path.rglob("*.dcm"))
+        hashes = {f"{p.parent.name}/{p.name}": hashlib.sha256(dcmread(p).PixelData).hexdigest() for p in files}
+        assert hashes == json.loads((GOLDEN / "seed11-small-pixels.json").read_text())
+
+    def test_typed_results_of_every_stage(self, pipeline: Pipeline, studies: list[PhantomStudy]) -> None:
+        result = pipeline.run(PipelineRequest(study_dir=studies[1].dicom_dir, last_stage="normalize"))
+        results = result.results
+        assert result.exit_code == 0
+        assert results.selection is not None and Role.T1_LOW_DOSE in results.selection.roles
+        assert results.volumes is not None and set(results.volumes) == {Role.T1_PRE, Role.T1_LOW_DOSE}
+        assert results.normalized is not None and results.prediction is None
+        assert set(result.report.timings_s) == set(STAGE_NAMES[: STAGE_NAMES.index("normalize") + 1])
+
+    def test_request_overrides_the_model(self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path) -> None:
+        request = PipelineRequest(study_dir=studies[1].dicom_dir, output_dir=tmp_path, model="ce-baseline-linear")
+        result = pipeline.run(request)
+        assert result.exit_code == 0
+        assert result.report.model_choice is not None and result.report.model_choice.named
+        assert result.report.model is not None and result.report.model.name == "ce-baseline-linear"
+
+    def test_unknown_stage_is_refused(self, pipeline: Pipeline) -> None:
+        with pytest.raises(ValueError, match=r"Unknown stage 'nope'\. Stages: load_study, select_series"):
+            pipeline.stages(PipelineRequest(study_dir=None, last_stage="nope"))
+
+
+def _volume(array: np.ndarray, role: Role, uid: str) -> Volume:
+    head, _ = mni_head(SPACING)
+    image = sitk.GetImageFromArray(array.astype(np.float32))
+    image.CopyInformation(head)
+    series = Series(uid, "1.2", "MR", 1 if role == Role.T1_PRE else 2, role.value)
+    return Volume(role=role, series=series, image=image, slices=[])
+
+
+class TestMap:
+    """The MAP graph is the stage list, one MONAI Deploy operator per stage, chained with add_flow."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def moved_pair(cls) -> tuple[dict[Role, Volume], dict[str, np.ndarray]]:
+        pair = enhancing_pair(SPACING, sigma_pc=5.0, sigma_ld=6.0, scale_pc=3.0, scale_ld=3.3, uptake=60.0, seed=11)
+        head, _ = mni_head(SPACING)
+        pose = rigid(head, rotation_deg=(2.0, -3.0, 2.0), translation_mm=(3.0, -2.0, 2.0))
+        low = _volume(pair["x_ld"], Role.T1_LOW_DOSE, "1.2.2")
+        moved = sitk.Resample(low.image, head, pose.GetInverse(), sitk.sitkBSpline, 0.0)
+        volumes = {
+            Role.T1_PRE: _volume(pair["x_pc"], Role.T1_PRE, "1.2.1"),
+            Role.T1_LOW_DOSE: Volume(Role.T1_LOW_DOSE, low.series, moved, []),
+        }
+        return volumes, pair
+
+    def _given(self, volumes: dict[Role, Volume]) -> StageResults:
+        manifest = ModelManifest.load(BASELINE)
+        return StageResults(volumes=dict(volumes), contrast=dict(CONTRAST), choice=named_choice(manifest))
+
+    def test_registration_to_postprocessing_through_monai_deploy(
+        self, pipeline: Pipeline, moved_pair: tuple[dict[Role, Volume], dict[str, np.ndarray]]
+    ) -> None:
+        volumes, pair = moved_pair
+        request = PipelineRequest(study_dir=None, first_stage="register", last_stage="postprocess")
+        result = run_map(pipeline, request, given=self._given(volumes))
+        assert result.exit_code == 0, result.report.error
+        assert list(result.report.timings_s) == ["register", "brain_mask", "normalize", "infer", "postprocess"]
+        assert result.results.synthetic is not None
+        synthetic = sitk.GetArrayFromImage(result.results.synthetic.synthetic)
+        core = ndimage.binary_erosion(pair["enhancing"], iterations=1)
+        assert float(np.mean(synthetic[core] - pair["x_pc"][core])) > 0.5 * 3.0 * 60.0 / DOSE
+        assert float((result.results.synthetic.mask & pair["enhancing"]).sum()) / float(pair["enhancing"].sum()) > 0.7
+
+    @pytest.mark.timeout(120)
+    def test_a_rejected_stage_ends_the_graph(
+        self, pipeline: Pipeline, moved_pair: tuple[dict[Role, Volume], dict[str, np.ndarray]]
+    ) -> None:
+        """A low-dose series 500 mm away is refused by registration; the graph ends at once (it used to spin)."""
+        volumes, _ = moved_pair
+        low = volumes[Role.T1_LOW_DOSE]
+        far = sitk.Image(low.image)
+        far.SetOrigin(tuple(v + 500.0 for v in far.GetOrigin()))
+        given = self._given({**volumes, Role.T1_LOW_DOSE: Volume(Role.T1_LOW_DOSE, low.series, far, [])})
+        request = PipelineRequest(study_dir=None, first_stage="register", last_stage="postprocess")
+        result = run_map(pipeline, request, given=given)
+        assert result.exit_code == 2
+        assert result.report.failed_stage == "register"
+        assert list(result.report.timings_s) == ["register"]
+
+
+class TestStageListIsWrittenOnce:
+    def test_stage_order(self) -> None:
+        assert STAGE_NAMES == (
+            "load_study",
+            "select_series",
+            "choose_model",
+            "build_volumes",
+            "register",
+            "brain_mask",
+            "normalize",
+            "infer",
+            "postprocess",
+            "write_dicom",
+            "preview",
+        )
+        assert len({stage.output for stage in STAGES}) == len(STAGES)
+
+    def test_no_front_door_calls_the_stage_functions_itself(self) -> None:
+        """Only app/pipeline.py calls the stage functions; every other module goes through the Pipeline.
+
+        The benchmarks of single stages (app/bench/ingest.py, app/bench/inference.py) time those functions alone
+        by design, and the evaluation reads the acquired series of a test subject to score it (not a pipeline run).
+        """
+        allowed = {"app/bench/ingest.py", "app/bench/inference.py", "training/evaluate_data.py"}
+        stage_functions = {
+            "load_study",
+            "select_roles",
+            "build_volumes",
+            "register_volumes",
+            "brain_mask",
+            "normalize",
+            "infer",
+            "postprocess",
+            "write_outputs",
+        }
+        offenders = []
+        for folder in ("app", "training"):
+            for path in sorted((REPO / folder).rglob("*.py")):
+                if str(path.relative_to(REPO)) in allowed | {"app/pipeline.py"}:
+                    continue
+                for node in ast.walk(ast.parse(path.read_text())):
+                    if (
+                        isinstance(node, ast.Call)
+                        and isinstance(node.func, ast.Name)
+                        and node.func.id in stage_functions
+                    ):
+                        offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {node.func.id}")
+        assert not offenders, offenders
+
+
+class TestConstruction:
+    def test_rules_are_loaded_and_checked_once(self, tmp_path: Path) -> None:
+        bad = tmp_path / "rules.json"
+        bad.write_text(json.dumps({"selections": []}))
+        with pytest.raises(ValueError, match="selections"):
+            Pipeline(load_settings(selection_rules=bad))
