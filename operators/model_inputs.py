@@ -11,9 +11,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from operators.brain_mask import BrainMask
+from operators.direct_normalization import direct_strategy
 from operators.errors import InputDicomError, describe_series
 from operators.model_manifest import ConditionFeature, ModelManifest, NormalizationKind
-from operators.normalization import DifferentialNormalization, direct_strategy
+from operators.normalization import DifferentialNormalization
 from operators.registration import RegisteredStudy
 from operators.roles import Role, relaxivity
 from operators.study import ContrastInfo, Volume

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, special
@@ -15,12 +15,7 @@ from operators.model_manifest import NormalizationKind, NormalizationSpec
 __all__ = [
     "DifferentialNormalization",
     "DifferentialResult",
-    "DirectNormalization",
-    "IdentityNormalization",
-    "MinMaxNormalization",
-    "ZScoreNormalization",
     "brain_percentile",
-    "direct_strategy",
     "local_mean_std",
     "negative_half_sigma",
     "robust_scalar",
@@ -323,116 +318,3 @@ class DifferentialNormalization:
             sigma * p_pc,
         )
         return DifferentialResult(x_pc=pc, x_ld=ld, z_tilde=z_tilde, m_ld=m, s_ld=s, z_ld=z, sigma=sigma, params=params)
-
-
-class DirectNormalization(Protocol):
-    """A per-modality normalization for direct models: ``run`` normalizes, ``undo`` maps model output back."""
-
-    def run(self, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, dict[str, float]]: ...
-
-    def apply(self, image: np.ndarray, params: dict[str, float]) -> np.ndarray: ...
-
-    def undo(self, array: np.ndarray, params: dict[str, float]) -> np.ndarray: ...
-
-
-class ZScoreNormalization:
-    """(x - brain mean) / brain std, optionally clipped to +-``clip`` (seed 001 cuts at 40)."""
-
-    def __init__(self, spec: NormalizationSpec) -> None:
-        self.clip = spec.zscore_clip
-
-    def run(self, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """Normalize one modality.
-
-        Raises
-        ------
-        ValueError
-            When the brain mask holds fewer than 100 voxels.
-        """
-        values = image[brain]
-        if values.size < 100:
-            raise ValueError(f"the brain mask holds {values.size} voxels (expected at least 100)")
-        params = {"mean": float(values.mean()), "std": float(values.std())}
-        return self.apply(image, params), params
-
-    def apply(self, image: np.ndarray, params: dict[str, float]) -> np.ndarray:
-        """Normalize with given parameters (e.g. another series' in this one's scale)."""
-        out = (image - params["mean"]) / max(params["std"], EPS)
-        if self.clip is not None:
-            out = np.clip(out, -self.clip, self.clip)
-        return out.astype(np.float32)
-
-    def undo(self, array: np.ndarray, params: dict[str, float]) -> np.ndarray:
-        """Back to the source intensity scale."""
-        return (array * max(params["std"], EPS) + params["mean"]).astype(np.float32)
-
-
-class MinMaxNormalization:
-    """Brain percentiles (default 0.5 and 99.5) mapped to 0 and 1, clipped (seed 004's [0, 1] scaling)."""
-
-    def __init__(self, spec: NormalizationSpec) -> None:
-        self.low, self.high = spec.clip_percentiles
-
-    def run(self, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """Normalize one modality.
-
-        Raises
-        ------
-        ValueError
-            When the brain mask holds fewer than 100 voxels.
-        """
-        values = image[brain]
-        if values.size < 100:
-            raise ValueError(f"the brain mask holds {values.size} voxels (expected at least 100)")
-        lo, hi = (float(v) for v in np.percentile(values, [self.low, self.high]))
-        params = {"low": lo, "high": hi}
-        return self.apply(image, params), params
-
-    def apply(self, image: np.ndarray, params: dict[str, float]) -> np.ndarray:
-        """Normalize with given parameters (e.g. another series' in this one's scale)."""
-        out = np.clip((image - params["low"]) / max(params["high"] - params["low"], EPS), 0.0, 1.0)
-        return out.astype(np.float32)
-
-    def undo(self, array: np.ndarray, params: dict[str, float]) -> np.ndarray:
-        """Back to the source intensity scale."""
-        return (array * max(params["high"] - params["low"], EPS) + params["low"]).astype(np.float32)
-
-
-class IdentityNormalization:
-    """No normalization (quantitative maps such as T1 in ms are already comparable across scanners)."""
-
-    def __init__(self, spec: NormalizationSpec) -> None:
-        del spec
-
-    def run(self, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """Return the image as float32."""
-        del brain
-        return self.apply(image, {}), {}
-
-    def apply(self, image: np.ndarray, params: dict[str, float]) -> np.ndarray:
-        """Return the image as float32."""
-        del params
-        return image.astype(np.float32)
-
-    def undo(self, array: np.ndarray, params: dict[str, float]) -> np.ndarray:
-        """Return the array as float32."""
-        del params
-        return array.astype(np.float32)
-
-
-def direct_strategy(spec: NormalizationSpec) -> DirectNormalization:
-    """The per-modality strategy for a direct model's normalization kind.
-
-    Raises
-    ------
-    ValueError
-        When the kind is ``differential`` (not a per-modality strategy).
-    """
-    strategies: dict[NormalizationKind, type[ZScoreNormalization | MinMaxNormalization | IdentityNormalization]] = {
-        NormalizationKind.ZSCORE: ZScoreNormalization,
-        NormalizationKind.MINMAX: MinMaxNormalization,
-        NormalizationKind.NONE: IdentityNormalization,
-    }
-    if spec.kind not in strategies:
-        raise ValueError(f"no per-modality strategy for kind {spec.kind.value!r}; known: {sorted(strategies)}")
-    return strategies[spec.kind](spec)

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from operators.direct_normalization import direct_strategy
 from operators.inference import Prediction
 from operators.model_inputs import NormalizedInputs
 from operators.model_manifest import NormalizationKind, OutputMeaning, OutputScale
-from operators.normalization import direct_strategy
 
 __all__ = ["SyntheticResult", "contrast_signal", "enhancement_mask", "postprocess"]
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from operators.contrast import contrast_info, header_dose
 from operators.errors import NoMatchingSeriesError
 from operators.roles import Role
 from operators.series_features import series_features
+from operators.series_ranking import Candidate, acquisition_key, rank, time_key
 from operators.series_rules import Match, evaluate, load_rules
 from operators.study import ContrastInfo, Selection, Series, SeriesDecision, Study
 
@@ -40,68 +40,6 @@ __all__ = ["require_roles", "select_roles"]
 logger = logging.getLogger(__name__)
 
 _NODE_KEYS = ("label", "conditions", "any", "all", "not", "use")
-_PROTOCOL_TEXT = ("MRAcquisitionType", "SequenceName", "Orientation", "Rows", "Columns", "NumberOfSlices")
-_PROTOCOL_NUMBERS = ("RepetitionTime", "EchoTime", "InversionTime", "FlipAngle", "VoxelVolume")
-
-
-@dataclass
-class _Candidate:
-    series: Series
-    features: dict[str, Any]
-    match: Match
-
-
-def _time_key(c: _Candidate) -> tuple[Any, ...]:
-    moment = c.features["AcquisitionDateTime"]
-    number = c.series.series_number if c.series.series_number is not None else 10**9
-    return (moment is None, moment.timestamp() if moment else 0.0, number, c.series.series_instance_uid)
-
-
-def _protocol_distance(features: Mapping[str, Any], reference: Mapping[str, Any] | None) -> int:
-    if reference is None:
-        return 0
-    distance = sum(1 for k in _PROTOCOL_TEXT if str(features.get(k)).upper() != str(reference.get(k)).upper())
-    for key in _PROTOCOL_NUMBERS:
-        a, b = features.get(key), reference.get(key)
-        if a is None or b is None:
-            distance += int((a is None) != (b is None))
-        elif abs(float(a) - float(b)) > 0.05 * max(abs(float(b)), 1e-6):
-            distance += 1
-    return distance
-
-
-def _rank(c: _Candidate, order: Sequence[str], reference: Mapping[str, Any] | None) -> tuple[Any, ...]:
-    keys: list[Any] = []
-    f = c.features
-    for name in order:
-        if name == "protocol_match":
-            keys.append(_protocol_distance(f, reference))
-        elif name == "rule_order":
-            keys.append(c.match.rank)
-        elif name == "original":
-            keys.append(0 if f["ImageType"][:1] == ["ORIGINAL"] else 1)
-        elif name == "3d":
-            keys.append(0 if str(f.get("MRAcquisitionType") or "").upper() == "3D" else 1)
-        elif name == "finer_resolution":
-            keys.append(round(f["VoxelVolume"], 3) if f["VoxelVolume"] else float("inf"))
-        elif name == "more_slices":
-            keys.append(-int(f["NumberOfSlices"]))
-        else:
-            raise ValueError(
-                f"Unknown preference {name!r} in selection rules; known: protocol_match, rule_order, original, "
-                "3d, finer_resolution, more_slices."
-            )
-    return tuple(keys)
-
-
-def _acquisition_key(f: Mapping[str, Any]) -> tuple[Any, ...]:
-    return (
-        f.get("FrameOfReferenceUID"),
-        f.get("AcquisitionDateTime"),
-        f.get("Rows"),
-        f.get("Columns"),
-        f.get("NumberOfSlices"),
-    )
 
 
 class _Selector:
@@ -181,7 +119,7 @@ class _Selector:
                 eligible.append(series)
         return eligible
 
-    def _candidates(self, selection: Mapping[str, Any], eligible: list[Series]) -> list[_Candidate]:
+    def _candidates(self, selection: Mapping[str, Any], eligible: list[Series]) -> list[Candidate]:
         node = {k: v for k, v in selection.items() if k in _NODE_KEYS}
         label = selection.get("label", selection["name"])
         found = []
@@ -189,12 +127,12 @@ class _Selector:
             f = self.features[series.series_instance_uid]
             m = evaluate(node, f, self.definitions)
             if m.ok:
-                found.append(_Candidate(series, f, m))
+                found.append(Candidate(series, f, m))
             else:
                 self.failures[series.series_instance_uid].append(f"not {label}: {m.reason}")
         return found
 
-    def _choose_variants(self, selections: list[Any], candidates: dict[int, list[_Candidate]]) -> None:
+    def _choose_variants(self, selections: list[Any], candidates: dict[int, list[Candidate]]) -> None:
         preferred = str(self.preferences.get("normalized_copies", "original")).lower() == "normalized"
         groups: dict[str, list[int]] = {}
         for i, selection in enumerate(selections):
@@ -221,13 +159,13 @@ class _Selector:
                 candidates[i] = kept
 
     def _note_variant(
-        self, c: _Candidate, everyone: list[_Candidate], kept: bool, selection: Mapping[str, Any], switched: bool
+        self, c: Candidate, everyone: list[Candidate], kept: bool, selection: Mapping[str, Any], switched: bool
     ) -> None:
-        key = _acquisition_key(c.features)
+        key = acquisition_key(c.features)
         twins = [
             o
             for o in everyone
-            if o is not c and _acquisition_key(o.features) == key and o.features["Normalized"] == kept
+            if o is not c and acquisition_key(o.features) == key and o.features["Normalized"] == kept
         ]
         what = "normalized" if c.features["Normalized"] else "unnormalized"
         copy_of = f" copy of {twins[0].series.label}" if twins else " series"
@@ -239,7 +177,7 @@ class _Selector:
             f"{'normalized' if kept else 'original (unnormalized)'} images (normalized_copies={policy!r}){why}",
         )
 
-    def _related(self, selection: Mapping[str, Any], cands: list[_Candidate]) -> list[_Candidate]:
+    def _related(self, selection: Mapping[str, Any], cands: list[Candidate]) -> list[Candidate]:
         kept = []
         for c in cands:
             problem = None
@@ -247,10 +185,10 @@ class _Selector:
                 if relation not in selection or Role(selection[relation]) not in self.roles:
                     continue
                 ref_series = self.roles[Role(selection[relation])]
-                ref = _Candidate(ref_series, self.features[ref_series.series_instance_uid], Match(True, ""))
-                if relation == "after" and _time_key(c) <= _time_key(ref):
+                ref = Candidate(ref_series, self.features[ref_series.series_instance_uid], Match(True, ""))
+                if relation == "after" and time_key(c) <= time_key(ref):
                     problem = f"acquired before {selection[relation]} {ref_series.label}"
-                elif relation == "before" and _time_key(c) >= _time_key(ref):
+                elif relation == "before" and time_key(c) >= time_key(ref):
                     problem = f"acquired after {selection[relation]} {ref_series.label}"
                 elif relation == "same_study" and c.series.study_instance_uid != ref_series.study_instance_uid:
                     problem = f"not in the study of {selection[relation]}"
@@ -266,7 +204,7 @@ class _Selector:
                 kept.append(c)
         return kept
 
-    def _assign(self, selection: Mapping[str, Any], cands: list[_Candidate], used: set[str]) -> None:
+    def _assign(self, selection: Mapping[str, Any], cands: list[Candidate], used: set[str]) -> None:
         cands = self._related(selection, cands)
         if not cands:
             return
@@ -278,7 +216,7 @@ class _Selector:
             "order", ["protocol_match", "rule_order", "original", "3d", "finer_resolution", "more_slices"]
         )
         keyed = sorted(
-            ((_rank(c, order, reference), c) for c in cands),
+            ((rank(c, order, reference), c) for c in cands),
             key=lambda kc: (kc[0], kc[1].series.series_number or 10**9, kc[1].series.series_instance_uid),
         )
         roles = [Role(r) for r in selection.get("roles", [selection["name"]])]
@@ -312,7 +250,7 @@ class _Selector:
             self.note(c.series, f"{label} candidate, not chosen: {winner.series.label} preferred")
         self._give(roles[0], winner, label, used)
 
-    def _give(self, role: Role, c: _Candidate, label: str, used: set[str], extra: str = "") -> None:
+    def _give(self, role: Role, c: Candidate, label: str, used: set[str], extra: str = "") -> None:
         self.roles[role] = c.series
         used.add(c.series.series_instance_uid)
         decision = self.decisions[c.series.series_instance_uid]
@@ -321,13 +259,13 @@ class _Selector:
         logger.info("%s -> %s", c.series.label, role.value)
 
     def _split_by_dose(
-        self, selection: Mapping[str, Any], roles: list[Role], pool: list[_Candidate], used: set[str]
+        self, selection: Mapping[str, Any], roles: list[Role], pool: list[Candidate], used: set[str]
     ) -> None:
         low_role, std_role = roles
         label = selection.get("label", selection["name"])
         threshold = float(self.contrast.get("standard_dose_threshold", 0.75))
         doses = {c.series.series_instance_uid: header_dose(c.features)[0] for c in pool}
-        chosen: dict[Role, _Candidate] = {}
+        chosen: dict[Role, Candidate] = {}
         if len(pool) == 1:
             c = pool[0]
             dose = doses[c.series.series_instance_uid]
@@ -336,14 +274,14 @@ class _Selector:
             else:
                 chosen[low_role if dose < threshold else std_role] = c
         elif all(d is not None for d in doses.values()):
-            by_dose = sorted(pool, key=lambda c: (doses[c.series.series_instance_uid], _time_key(c)))
+            by_dose = sorted(pool, key=lambda c: (doses[c.series.series_instance_uid], time_key(c)))
             lowest, highest = by_dose[0], by_dose[-1]
             if doses[lowest.series.series_instance_uid] < threshold:  # type: ignore[operator]
                 chosen[low_role] = lowest
             if doses[highest.series.series_instance_uid] >= threshold:  # type: ignore[operator]
                 chosen[std_role] = highest
         else:
-            by_time = sorted(pool, key=_time_key)
+            by_time = sorted(pool, key=time_key)
             chosen[low_role], chosen[std_role] = by_time[0], by_time[-1]
         for role, c in chosen.items():
             dose = doses[c.series.series_instance_uid]
@@ -356,7 +294,7 @@ class _Selector:
                 others = ", ".join(f"{r.value} {x.series.label}" for r, x in chosen.items())
                 self.note(c.series, f"{label} candidate, not used: {others}")
 
-    def _contrast_for(self, role: Role, c: _Candidate) -> ContrastInfo:
+    def _contrast_for(self, role: Role, c: Candidate) -> ContrastInfo:
         info, notes = contrast_info(
             c.features,
             role,

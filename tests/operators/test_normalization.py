@@ -8,6 +8,12 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from operators.brain_mask import BrainMask
+from operators.direct_normalization import (
+    IdentityNormalization,
+    MinMaxNormalization,
+    ZScoreNormalization,
+    direct_strategy,
+)
 from operators.errors import InputDicomError
 from operators.model_inputs import condition_vector, normalize
 from operators.model_manifest import (
@@ -19,11 +25,7 @@ from operators.model_manifest import (
 )
 from operators.normalization import (
     DifferentialNormalization,
-    IdentityNormalization,
-    MinMaxNormalization,
-    ZScoreNormalization,
     brain_percentile,
-    direct_strategy,
     local_mean_std,
     negative_half_sigma,
     robust_scalar,

@@ -1,0 +1,197 @@
+"""The pipeline, stage by stage: one function per stage and the one list that orders them (:data:`STAGES`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.job import Job, PipelineRequest, Stage
+from app.model_choice import choose_by_roles, choose_named, named_choice
+from operators.errors import InputDicomError, RegistrationError, describe_series
+from operators.model_manifest import ModelManifest
+from operators.roles import Role
+
+if TYPE_CHECKING:
+    from app.pipeline import Pipeline
+
+__all__ = ["PREVIEW_NAME", "STAGES", "STAGE_NAMES"]
+
+logger = logging.getLogger(__name__)
+
+PREVIEW_NAME = "preview.png"
+
+
+def _load_study(pipeline: Pipeline, job: Job) -> None:
+    from operators.study_loader import load_study
+
+    folder = job.request.study_dir
+    if folder is None or not folder.exists():
+        raise InputDicomError(
+            f"Input folder {folder} does not exist.", attribute="input", expected="a folder", found="nothing"
+        )
+    job.results.study = load_study(folder)
+
+
+def _select_series(pipeline: Pipeline, job: Job) -> None:
+    from operators.series_selector import select_roles
+
+    study = _need(job.results.study, "study")
+    request = job.request
+    selection = select_roles(
+        study,
+        pipeline.rules,
+        required=(),
+        doses=dict(request.doses),
+        agent=request.agent,
+        field_strength_t=request.field_strength_t,
+    )
+    job.results.selection = selection
+    job.results.contrast = selection.contrast
+
+
+def _choose_model(pipeline: Pipeline, job: Job) -> None:
+    from operators.series_selector import require_roles
+
+    selection = _need(job.results.selection, "selection")
+    request = job.request
+    name = request.model or pipeline.settings.model
+    if request.manifest is not None:
+        choice = named_choice(request.manifest)
+    elif name:
+        choice = choose_named(pipeline.settings.models_dir, name)
+    else:
+        choice = choose_by_roles(selection, pipeline.settings.models_dir)
+    job.results.choice = choice
+    manifest = choice.require()
+    require_roles(selection, _roles(manifest, request), pipeline.rules)
+    logger.info(
+        "job %s: model %s %s (sha256 %s): %s",
+        job.job_id,
+        manifest.name,
+        manifest.version,
+        manifest.sha256,
+        choice.info.reason,
+    )
+
+
+def _build_volumes(pipeline: Pipeline, job: Job) -> None:
+    from operators.series_to_volume import build_volumes
+
+    selection = _need(job.results.selection, "selection")
+    job.results.volumes = build_volumes(selection, _roles(job.results.manifest, job.request))
+
+
+def _register(pipeline: Pipeline, job: Job) -> None:
+    from operators.registration import register_volumes
+
+    volumes = _need(job.results.volumes, "volumes")
+    job.results.registered = register_volumes(volumes, roles=_roles(job.results.manifest, job.request))
+
+
+def _brain_mask(pipeline: Pipeline, job: Job) -> None:
+    from operators.brain_mask import brain_mask
+
+    volumes = _need(job.results.volumes, "volumes")
+    if Role.T1_PRE not in volumes:
+        raise RegistrationError(
+            f"No t1_pre volume for the brain mask; found roles {sorted(r.value for r in volumes)}.",
+            expected="t1_pre",
+            found=", ".join(sorted(r.value for r in volumes)) or "none",
+        )
+    reference = volumes[Role.T1_PRE]
+    label = describe_series(reference.series.series_instance_uid, reference.series.description)
+    job.results.brain_mask = brain_mask(reference.image, label=label)
+
+
+def _normalize(pipeline: Pipeline, job: Job) -> None:
+    from operators.model_inputs import normalize
+
+    results = job.results
+    job.results.normalized = normalize(
+        _need(results.registered, "registered"),
+        _need(results.brain_mask, "brain_mask"),
+        results.manifest,
+        contrast=dict(results.contrast or {}),
+    )
+
+
+def _infer(pipeline: Pipeline, job: Job) -> None:
+    from operators.inference import infer
+
+    normalized = _need(job.results.normalized, "normalized")
+    job.results.prediction = infer(normalized, pipeline.inference_settings, sessions=pipeline.sessions)
+
+
+def _postprocess(pipeline: Pipeline, job: Job) -> None:
+    from operators.postprocess import postprocess
+
+    results = job.results
+    results.synthetic = postprocess(_need(results.prediction, "prediction"), _need(results.normalized, "normalized"))
+
+
+def _write_dicom(pipeline: Pipeline, job: Job) -> None:
+    from operators.dicom_writer import write_outputs
+    from operators.writers import ModelIdentity
+
+    results = job.results
+    registered = _need(results.registered, "registered")
+    synthetic = _need(results.synthetic, "synthetic")
+    manifest = results.manifest
+    written = write_outputs(
+        registered.reference,
+        synthetic.synthetic,
+        _output_dir(job),
+        model=ModelIdentity(manifest.name, manifest.version, manifest.sha256),
+        settings=pipeline.writer_settings(job.request),
+        enhancement_mask=synthetic.mask,
+        synthetic_plus=synthetic.beyond,
+        other_sources=[v.series for role, v in registered.volumes.items() if role != Role.T1_PRE],
+    )
+    results.written = written
+
+
+def _write_preview(pipeline: Pipeline, job: Job) -> None:
+    from app.preview import write_preview
+
+    results = job.results
+    results.preview = write_preview(
+        _output_dir(job) / PREVIEW_NAME,
+        _need(results.normalized, "normalized"),
+        _need(results.synthetic, "synthetic"),
+    )
+
+
+#: The pipeline, stage by stage (ARCHITECTURE.md). Every front door runs this list and no other.
+STAGES: tuple[Stage, ...] = (
+    Stage("load_study", "study", _load_study),
+    Stage("select_series", "selection", _select_series),
+    Stage("choose_model", "choice", _choose_model),
+    Stage("build_volumes", "volumes", _build_volumes),
+    Stage("register", "registered", _register),
+    Stage("brain_mask", "brain_mask", _brain_mask),
+    Stage("normalize", "normalized", _normalize),
+    Stage("infer", "prediction", _infer),
+    Stage("postprocess", "synthetic", _postprocess),
+    Stage("write_dicom", "written", _write_dicom),
+    Stage("preview", "preview", _write_preview, when=lambda request: request.preview),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
+
+
+def _need(value: Any, what: str) -> Any:
+    if value is None:
+        raise RuntimeError(f"Stage input {what!r} is missing: an earlier stage did not run.")
+    return value
+
+
+def _roles(manifest: ModelManifest, request: PipelineRequest) -> tuple[Role, ...]:
+    roles = list(manifest.required_roles)
+    roles += [role for role in request.extra_roles if role not in roles]
+    return tuple(roles)
+
+
+def _output_dir(job: Job) -> Path:
+    if job.request.output_dir is None:
+        raise RuntimeError("This request has no output folder; it cannot run the writing stages.")
+    return job.request.output_dir
