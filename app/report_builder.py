@@ -6,18 +6,9 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from operators.roles import Role
+from operators.writers import report as schema
 from operators.writers.enums import OutputKind, ReportStatus
-from operators.writers.report import (
-    ContrastEntry,
-    ErrorInfo,
-    ModelInfo,
-    NoiseEstimate,
-    OutputEntry,
-    PipelineReport,
-    RegistrationFigures,
-    SelectionEntry,
-    SeriesSummary,
-)
+from operators.writers.report import PipelineReport
 
 if TYPE_CHECKING:
     from app.pipeline import Job, StageResults
@@ -45,7 +36,7 @@ def build_report(job: Job) -> PipelineReport:
         started_at=job.started_at,
         input_path=None if request.study_dir is None else str(request.study_dir),
         output_path=None if request.output_dir is None else str(request.output_dir),
-        error=None if job.error is None else ErrorInfo.from_exception(job.error),
+        error=None if job.error is None else schema.ErrorInfo.from_exception(job.error),
         failed_stage=job.failed_stage,
     )
     _fill_from_results(report, job.results)
@@ -57,16 +48,18 @@ def build_report(job: Job) -> PipelineReport:
 
 def _fill_from_selection(report: PipelineReport, selection: Selection) -> None:
     report.study_instance_uid = selection.study.study_instance_uid
-    report.selection = [SelectionEntry.model_validate(d.to_dict()) for d in selection.decisions]
+    report.selection = [schema.SelectionEntry.model_validate(d.to_dict()) for d in selection.decisions]
     for role, series in selection.roles.items():
-        report.roles[role.value] = SeriesSummary(
+        report.roles[role.value] = schema.SeriesSummary(
             series_instance_uid=series.series_instance_uid,
             series_number=series.series_number,
             description=series.description,
             sop_class_uid=series.instances[0].sop_class_uid if series.instances else None,
             n_slices=len(series.instances),
         )
-    report.contrast = {role.value: ContrastEntry.model_validate(c.to_dict()) for role, c in selection.contrast.items()}
+    report.contrast = {
+        role.value: schema.ContrastEntry.model_validate(c.to_dict()) for role, c in selection.contrast.items()
+    }
 
 
 def _fill_from_results(report: PipelineReport, results: StageResults) -> None:
@@ -82,15 +75,15 @@ def _fill_from_results(report: PipelineReport, results: StageResults) -> None:
                 summary.spacing_mm = [round(float(v), 4) for v in volume.image.GetSpacing()]
     if results.registered is not None:
         report.registration = {
-            role: RegistrationFigures.model_validate(figures)
+            role: schema.RegistrationFigures.model_validate(figures)
             for role, figures in results.registered.quality_report().items()
         }
     normalized = results.normalized
     if normalized is not None and normalized.noise_sigma_source is not None:
-        report.noise = NoiseEstimate(sigma=normalized.noise_sigma_source, **_noise_extras(normalized.params))
+        report.noise = schema.NoiseEstimate(sigma=normalized.noise_sigma_source, **_noise_extras(normalized.params))
     prediction = results.prediction
     if prediction is not None:
-        report.model = ModelInfo(
+        report.model = schema.ModelInfo(
             name=prediction.model_name,
             version=prediction.model_version,
             sha256=prediction.model_sha256,
@@ -100,7 +93,7 @@ def _fill_from_results(report: PipelineReport, results: StageResults) -> None:
     if results.synthetic is not None:
         report.extra["postprocess"] = results.synthetic.params
     if results.preview is not None:
-        report.outputs.append(OutputEntry(kind=OutputKind.PREVIEW, path=str(results.preview)))
+        report.outputs.append(schema.OutputEntry(kind=OutputKind.PREVIEW, path=str(results.preview)))
     if results.written:
         report.outputs.extend(results.written)
 

@@ -28,6 +28,20 @@ class DirectNormalization(Protocol):
     def undo(self, array: np.ndarray, params: dict[str, float]) -> np.ndarray: ...
 
 
+def _brain_values(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """The image's values inside the brain mask.
+
+    Raises
+    ------
+    ValueError
+        When the brain mask holds fewer than 100 voxels.
+    """
+    values: np.ndarray = image[brain]
+    if values.size < 100:
+        raise ValueError(f"the brain mask holds {values.size} voxels (expected at least 100)")
+    return values
+
+
 class ZScoreNormalization:
     """(x - brain mean) / brain std, optionally clipped to +-``clip`` (seed 001 cuts at 40)."""
 
@@ -35,16 +49,8 @@ class ZScoreNormalization:
         self.clip = spec.zscore_clip
 
     def run(self, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """Normalize one modality.
-
-        Raises
-        ------
-        ValueError
-            When the brain mask holds fewer than 100 voxels.
-        """
-        values = image[brain]
-        if values.size < 100:
-            raise ValueError(f"the brain mask holds {values.size} voxels (expected at least 100)")
+        """Normalize one modality (raises ``ValueError`` for a brain mask under 100 voxels)."""
+        values = _brain_values(image, brain)
         params = {"mean": float(values.mean()), "std": float(values.std())}
         return self.apply(image, params), params
 
@@ -67,16 +73,8 @@ class MinMaxNormalization:
         self.low, self.high = spec.clip_percentiles
 
     def run(self, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """Normalize one modality.
-
-        Raises
-        ------
-        ValueError
-            When the brain mask holds fewer than 100 voxels.
-        """
-        values = image[brain]
-        if values.size < 100:
-            raise ValueError(f"the brain mask holds {values.size} voxels (expected at least 100)")
+        """Normalize one modality (raises ``ValueError`` for a brain mask under 100 voxels)."""
+        values = _brain_values(image, brain)
         lo, hi = (float(v) for v in np.percentile(values, [self.low, self.high]))
         params = {"low": lo, "high": hi}
         return self.apply(image, params), params

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,26 +164,40 @@ def _check_uniform(series: Series, frames: list[FrameGeometry]) -> None:
         _geometry_error(series, "Rows/Columns", f"one size for all slices ({sizes[0]})", f"sizes {sizes}")
     first = frames[0]
     orientations = np.array([f.orientation for f in frames])
-    bad = np.flatnonzero(np.any(np.abs(orientations - first.orientation) > _ORIENTATION_TOLERANCE, axis=1))
-    if bad.size:
-        frame = frames[int(bad[0])]
-        _geometry_error(
-            series,
-            "ImageOrientationPatient",
-            f"the same orientation for all slices ({list(np.round(first.orientation, 4))})",
-            f"{list(np.round(frame.orientation, 4))} in {_frame_label(frame)}",
-            "The series mixes orientations (e.g. a 3-plane localizer).",
-        )
+    _check_same(
+        series,
+        frames,
+        np.any(np.abs(orientations - first.orientation) > _ORIENTATION_TOLERANCE, axis=1),
+        "ImageOrientationPatient",
+        f"the same orientation for all slices ({list(np.round(first.orientation, 4))})",
+        lambda frame: list(np.round(frame.orientation, 4)),
+        "The series mixes orientations (e.g. a 3-plane localizer).",
+    )
     spacings = np.array([f.pixel_spacing for f in frames])
-    bad = np.flatnonzero(np.any(np.abs(spacings - spacings[0]) > 1e-4 * np.abs(spacings[0]) + 1e-6, axis=1))
+    _check_same(
+        series,
+        frames,
+        np.any(np.abs(spacings - spacings[0]) > 1e-4 * np.abs(spacings[0]) + 1e-6, axis=1),
+        "PixelSpacing",
+        f"the same pixel spacing for all slices ({list(first.pixel_spacing)})",
+        lambda frame: list(frame.pixel_spacing),
+    )
+
+
+def _check_same(
+    series: Series,
+    frames: list[FrameGeometry],
+    differs: np.ndarray,
+    attribute: str,
+    expected: str,
+    value: Callable[[FrameGeometry], Any],
+    hint: str = "",
+) -> None:
+    """Raise the geometry error for the first frame whose ``attribute`` differs from the first frame's."""
+    bad = np.flatnonzero(differs)
     if bad.size:
         frame = frames[int(bad[0])]
-        _geometry_error(
-            series,
-            "PixelSpacing",
-            f"the same pixel spacing for all slices ({list(first.pixel_spacing)})",
-            f"{list(frame.pixel_spacing)} in {_frame_label(frame)}",
-        )
+        _geometry_error(series, attribute, expected, f"{value(frame)} in {_frame_label(frame)}", hint)
 
 
 def _frame_label(frame: FrameGeometry) -> str:

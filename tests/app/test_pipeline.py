@@ -19,9 +19,9 @@ from app.model_choice import named_choice
 from app.pipeline import STAGE_NAMES, STAGES, Pipeline, PipelineRequest, StageResults
 from operators.model_manifest import ModelManifest
 from operators.roles import Role
-from operators.study import ContrastInfo, Series, Volume
+from operators.study import ContrastInfo, Volume
 from tests.conftest import REPO
-from tests.operators.mni_head import enhancing_pair, mni_head, rigid
+from tests.operators.mni_head import enhancing_pair, head_volume, mni_head, rigid
 from training.phantom import PhantomOptions, PhantomStudy, generate_study
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -86,11 +86,7 @@ class TestOnePipelineManyStudies:
 
 
 def _volume(array: np.ndarray, role: Role, uid: str) -> Volume:
-    head, _ = mni_head(SPACING)
-    image = sitk.GetImageFromArray(array.astype(np.float32))
-    image.CopyInformation(head)
-    series = Series(uid, "1.2", "MR", 1 if role == Role.T1_PRE else 2, role.value)
-    return Volume(role=role, series=series, image=image, slices=[])
+    return head_volume(array, role, uid, SPACING)
 
 
 class TestMap:

@@ -9,8 +9,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from operators.brain_mask import template_path
+from operators.roles import Role
+from operators.study import Series, Volume
 
-__all__ = ["enhancing_pair", "head_image", "mni_head", "rigid", "with_noise"]
+__all__ = ["enhancing_pair", "head_image", "head_volume", "mni_head", "rigid", "with_noise"]
 
 
 @functools.lru_cache(maxsize=2)
@@ -124,3 +126,12 @@ def enhancing_pair(
         "enhancement": enhancement,
         "noise_field": noise_field,
     }
+
+
+def head_volume(array: np.ndarray, role: Role, uid: str, spacing_mm: float) -> Volume:
+    """An array on the MNI head grid as a pipeline Volume (series number 1 for t1_pre, else 2; no slices)."""
+    head, _ = mni_head(spacing_mm)
+    image = sitk.GetImageFromArray(array.astype(np.float32))
+    image.CopyInformation(head)
+    series = Series(uid, "1.2", "MR", 1 if role == Role.T1_PRE else 2, role.value)
+    return Volume(role=role, series=series, image=image, slices=[])

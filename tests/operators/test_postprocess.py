@@ -18,9 +18,9 @@ from operators.postprocess import (
 )
 from operators.registration import RegisteredStudy
 from operators.roles import Role
-from operators.study import ContrastInfo, Series, Volume
+from operators.study import ContrastInfo, Volume
 from tests.conftest import REPO
-from tests.operators.mni_head import enhancing_pair, mni_head
+from tests.operators.mni_head import enhancing_pair, head_volume, mni_head
 
 SPACING = 3.0
 BASELINE = REPO / "models" / "ce-baseline-linear"
@@ -29,11 +29,7 @@ CONTRAST = {Role.T1_LOW_DOSE: ContrastInfo(dose=DOSE, agent="gadobutrol", field_
 
 
 def _volume(array: np.ndarray, role: Role, uid: str) -> Volume:
-    head, _ = mni_head(SPACING)
-    image = sitk.GetImageFromArray(array.astype(np.float32))
-    image.CopyInformation(head)
-    series = Series(uid, "1.2", "MR", 1 if role == Role.T1_PRE else 2, role.value)
-    return Volume(role=role, series=series, image=image, slices=[])
+    return head_volume(array, role, uid, SPACING)
 
 
 @pytest.fixture(scope="module")
