@@ -11,17 +11,28 @@ from __future__ import annotations
 
 import logging
 import struct
+import warnings
 from pathlib import Path
 from typing import Literal
 
 from pydicom import Dataset
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.charset import default_encoding as DEFAULT_ENCODING
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-__all__ = ["first_frame_group", "frame_positions", "raw_int", "raw_numbers", "raw_text", "read_header"]
+__all__ = [
+    "dataset_encodings",
+    "first_frame_group",
+    "frame_positions",
+    "raw_int",
+    "raw_numbers",
+    "raw_text",
+    "read_header",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +42,10 @@ _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _FIRST_READ = 64 * 1024
 _unpack = struct.unpack_from
+#: Value representations whose bytes are text in the data set's SpecificCharacterSet (PS3.5 6.1.2.3).
+_CHARSET_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+_TEXT_DELIMITERS = {0x5C, 0x0D, 0x0A, 0x09, 0x0C}  # backslash, CR, LF, TAB, FF: as pydicom decodes text
+_PN_DELIMITERS = {0x5E, 0x3D, 0x5C}  # caret, equals, backslash
 _Elements = dict[BaseTag, DataElement | RawDataElement]
 
 #: US / UL attributes read by `raw_int` from implicit-VR files (which carry no VR).
@@ -115,6 +130,13 @@ def _parse(data: bytes, implicit: bool, start: int) -> tuple[_Elements, int | No
     return elements, None, pos
 
 
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
+
+
 def _is_sequence(tag: int) -> bool:
     try:
         return dictionary_VR(tag) == "SQ"
@@ -151,10 +173,39 @@ def _parse_file(path: Path, data: bytes, at_eof: bool) -> tuple[FileDataset, int
         return None  # float pixel data or another unusual layout: let pydicom read it
     file_meta = FileMetaDataset(meta)
     ds = FileDataset(str(path), Dataset(elements), preamble=data[:128], file_meta=file_meta, is_implicit_VR=implicit)
-    charset = ds.get_item(0x00080005)
-    encoding = charset.value.decode("ascii").strip("\x00 ").split("\\") if charset and charset.value else None
-    ds.set_original_encoding(implicit, True, encoding or "iso8859")
+    ds.set_original_encoding(implicit, True, _python_encodings(ds.get_item(0x00080005), path))
     return ds, pixel_offset
+
+
+def _python_encodings(charset: DataElement | RawDataElement | None, path: Path) -> list[str]:
+    """Python codecs for a raw SpecificCharacterSet, as pydicom's own reader converts it.
+
+    An unknown character set is logged and read as ISO 8859-1: most real names stay readable, and nothing that
+    routes a study depends on them.
+    """
+    if charset is None or not charset.value:
+        return [DEFAULT_ENCODING]
+    raw = charset.value
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
+    names = [name.strip("\x00 ") for name in text.split("\\")]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return convert_encodings(names)
+    except LookupError:
+        logger.warning("%s: unknown SpecificCharacterSet %r; text attributes read as ISO 8859-1", path.name, text)
+        return [DEFAULT_ENCODING]
+
+
+def dataset_encodings(ds: Dataset) -> list[str]:
+    """The Python codecs of a data set's SpecificCharacterSet (ISO 8859-1 when it is unknown)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            charset = ds._character_set
+    except LookupError:
+        return [DEFAULT_ENCODING]
+    return [charset] if isinstance(charset, str) else list(charset)
 
 
 def read_header(path: Path) -> tuple[FileDataset, int | None] | None:
@@ -216,9 +267,7 @@ def first_frame_group(ds: Dataset) -> Dataset | None:
         return None
     from pydicom.values import convert_SQ
 
-    charset = ds._character_set  # the encoding pydicom itself would use for this data set
-    encodings = [charset] if isinstance(charset, str) else list(charset)
-    items = convert_SQ(data[:end], raw.is_implicit_VR, True, encodings, raw.value_tell)
+    items = convert_SQ(data[:end], raw.is_implicit_VR, True, dataset_encodings(ds), raw.value_tell)
     return items[0] if len(items) else None
 
 
@@ -268,7 +317,12 @@ def raw_text(ds: Dataset, tag: int) -> str | None:
         return None
     value = element.value
     if isinstance(value, bytes):
-        text = value.decode("latin-1").strip("\x00 ")
+        vr = element.VR or _dictionary_vr(tag)
+        if vr in _CHARSET_VRS:
+            text = decode_bytes(value, dataset_encodings(ds), _PN_DELIMITERS if vr == "PN" else _TEXT_DELIMITERS)
+        else:
+            text = value.decode("latin-1")
+        text = text.strip("\x00 ")
     elif value is None:
         return None
     elif isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import SimpleITK as sitk
 from pydicom import Dataset
+from pydicom.datadict import tag_for_keyword
 
 from operators.errors import InconsistentGeometryError
-from operators.fast_header import raw_numbers, raw_text
+from operators.fast_header import raw_text
 from operators.pixel_reader import check_decodable, native_dtype, number_of_frames, read_pixels, rows_columns
 from operators.roles import Role
 from operators.study import Instance, Selection, Series, SliceRef, Volume
@@ -32,6 +33,13 @@ SPACING_TOLERANCE = 0.05
 #: Largest angle (degrees) between the slice stacking direction and the slice normal (gantry tilt / shear).
 MAX_TILT_DEGREES = 0.1
 _ORIENTATION_TOLERANCE = 1e-3
+#: ImageOrientationPatient: row and column cosines must be unit vectors and orthogonal to within this.
+_UNIT_TOLERANCE = 1e-2
+_ORTHOGONALITY_TOLERANCE = 1e-2
+#: Limits on what a series may claim before any pixel is read: a 1024 x 1024 x 1024 MR is already extreme.
+MAX_MATRIX = 2048
+MAX_FRAMES = 4096
+MAX_PIXEL_SPACING_MM = 50.0
 
 
 @dataclass
@@ -49,105 +57,197 @@ class FrameGeometry:
     intercept: float
 
 
-def _functional(ds: Dataset, index: int, sequence: str, keyword: str) -> Any:
+def _functional(series: Series, ds: Dataset, index: int, sequence: str, keyword: str, where: str) -> Any:
     """Value of `keyword` in functional group `sequence` for frame `index` (per-frame first, then shared)."""
-    for groups_keyword, item_index in (
-        ("PerFrameFunctionalGroupsSequence", index),
-        ("SharedFunctionalGroupsSequence", 0),
-    ):
-        groups = ds.get(groups_keyword)
-        if not groups or len(groups) <= item_index:
-            continue
-        group = groups[item_index]
-        macro = group.get(sequence)
-        if macro and keyword in macro[0]:
-            return macro[0][keyword].value
+    try:
+        for groups_keyword, item_index in (
+            ("PerFrameFunctionalGroupsSequence", index),
+            ("SharedFunctionalGroupsSequence", 0),
+        ):
+            groups = ds.get(groups_keyword)
+            if not groups or len(groups) <= item_index:
+                continue
+            group = groups[item_index]
+            macro = group.get(sequence)
+            if macro and keyword in macro[0]:
+                raw = getattr(macro[0].get_item(tag_for_keyword(keyword)), "value", None)
+                return raw if isinstance(raw, bytes) else macro[0][keyword].value
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        _geometry_error(series, f"{sequence}/{keyword}", "a readable value", f"{type(exc).__name__}: {exc} in {where}")
     return None
 
 
-def _floats(value: Any, count: int, what: str, series: Series) -> np.ndarray:
-    if value is None:
+def _floats(value: Any, count: int, what: str, series: Series, where: str = "") -> np.ndarray:
+    """``count`` finite numbers from a DS value (text, number or list); an input error names what was found."""
+    place = f" in {where}" if where else ""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if value is None or (isinstance(value, str) and not value.strip("\x00 ")):
         raise InconsistentGeometryError(
-            f"{series.label}: {what} is missing; cannot place the slices in space.",
+            f"{series.label}: {what} is missing{place}; cannot place the slices in space.",
             series_instance_uid=series.series_instance_uid,
             attribute=what,
             expected=f"{count} numbers",
-            found="nothing",
+            found=f"nothing{place}",
         )
-    arr = np.asarray([float(v) for v in value], dtype=np.float64)
+    items = value.split("\\") if isinstance(value, str) else list(value) if _is_sequence_value(value) else [value]
+    try:
+        arr = np.asarray([float(v) for v in items], dtype=np.float64)
+    except (TypeError, ValueError):
+        _geometry_error(series, what, f"{count} numbers", f"{_shown(value)}{place}")
     if arr.size != count:
-        raise InconsistentGeometryError(
-            f"{series.label}: {what} has {arr.size} values, expected {count}.",
-            series_instance_uid=series.series_instance_uid,
-            attribute=what,
-            expected=f"{count} numbers",
-            found=str(list(arr)),
-        )
+        _geometry_error(series, what, f"{count} numbers", f"{arr.size} values {_shown(value)}{place}")
+    if not np.all(np.isfinite(arr)):
+        _geometry_error(series, what, f"{count} finite numbers", f"{_shown(value)}{place}")
     return arr
 
 
+def _is_sequence_value(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+
+
+def _shown(value: Any) -> str:
+    text = "\\".join(str(v) for v in value) if _is_sequence_value(value) else str(value)
+    return "'" + (text if len(text) <= 60 else text[:57] + "...") + "'"
+
+
+def _scalar(value: Any, default: float, what: str, series: Series, where: str) -> float:
+    """An optional finite number (RescaleSlope, RescaleIntercept): ``default`` when absent."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if value is None or (isinstance(value, str) and not value.strip("\x00 ")):
+        return default
+    if _is_sequence_value(value):
+        value = value[0] if len(value) else None
+        if value is None:
+            return default
+    return float(_floats(value, 1, what, series, where)[0])
+
+
+def _raw(ds: Dataset, tag: int) -> Any:
+    """The value of a top-level attribute without converting it (the raw text for a raw element)."""
+    element = ds.get_item(tag)
+    return None if element is None else element.value
+
+
+def _check_frame(series: Series, frame: FrameGeometry) -> None:
+    """Values one frame must have to be placed in space and read: positive spacing, a valid orientation, a
+    non-zero rescale slope, a matrix inside the limits."""
+    where = _frame_label(frame)
+    if min(frame.pixel_spacing) <= 0 or max(frame.pixel_spacing) > MAX_PIXEL_SPACING_MM:
+        _geometry_error(
+            series,
+            "PixelSpacing",
+            f"two positive spacings up to {MAX_PIXEL_SPACING_MM:g} mm",
+            f"{list(frame.pixel_spacing)} in {where}",
+        )
+    row, col = frame.orientation[:3], frame.orientation[3:]
+    norms = (float(np.linalg.norm(row)), float(np.linalg.norm(col)))
+    if min(norms) < 1e-6 or abs(float(np.dot(row, col))) > _ORTHOGONALITY_TOLERANCE * norms[0] * norms[1]:
+        _geometry_error(
+            series,
+            "ImageOrientationPatient",
+            "two orthogonal direction cosines (row and column)",
+            f"{list(np.round(frame.orientation, 4))} in {where}",
+        )
+    if any(abs(n - 1.0) > _UNIT_TOLERANCE for n in norms):
+        _geometry_error(
+            series,
+            "ImageOrientationPatient",
+            "unit direction cosines",
+            f"lengths {round(norms[0], 4)} and {round(norms[1], 4)} in {where}",
+        )
+    if frame.slope == 0.0:
+        _geometry_error(series, "RescaleSlope", "a non-zero number", f"0 in {where}")
+    if not (1 <= frame.rows <= MAX_MATRIX and 1 <= frame.columns <= MAX_MATRIX):
+        _geometry_error(
+            series,
+            "Rows/Columns",
+            f"1 to {MAX_MATRIX} pixels each",
+            f"{frame.rows} x {frame.columns} in {where}",
+        )
+
+
 def frame_geometry(series: Series) -> list[FrameGeometry]:
-    """Geometry of every frame of every instance of a series, in file order.
+    """Geometry of every frame of every instance of a series, in file order, each checked (see `_check_frame`).
 
     Raises
     ------
     InconsistentGeometryError
-        When an instance lacks ImagePositionPatient, ImageOrientationPatient or PixelSpacing.
+        When an instance lacks ImagePositionPatient, ImageOrientationPatient or PixelSpacing, or holds a value
+        that is not a finite number, a non-positive spacing, an invalid orientation, a zero rescale slope or a
+        matrix beyond the limits.
     """
     frames: list[FrameGeometry] = []
     for instance in series.instances:
         ds = instance.dataset
-        rows, columns = rows_columns(ds)
+        rows, columns = _matrix(series, instance)
+        label = f"instance {instance.sop_instance_uid}"
         if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
-            for index in range(number_of_frames(ds)):
-                slope = _functional(ds, index, "PixelValueTransformationSequence", "RescaleSlope")
-                intercept = _functional(ds, index, "PixelValueTransformationSequence", "RescaleIntercept")
-                spacing = _floats(
-                    _functional(ds, index, "PixelMeasuresSequence", "PixelSpacing"), 2, "PixelSpacing", series
-                )
-                frames.append(
-                    FrameGeometry(
-                        instance=instance,
-                        frame_number=index + 1,
-                        position=_floats(
-                            _functional(ds, index, "PlanePositionSequence", "ImagePositionPatient"),
-                            3,
-                            "ImagePositionPatient",
-                            series,
-                        ),
-                        orientation=_floats(
-                            _functional(ds, index, "PlaneOrientationSequence", "ImageOrientationPatient"),
-                            6,
-                            "ImageOrientationPatient",
-                            series,
-                        ),
-                        pixel_spacing=(float(spacing[0]), float(spacing[1])),
-                        rows=rows,
-                        columns=columns,
-                        slope=float(slope) if slope not in (None, "") else 1.0,
-                        intercept=float(intercept) if intercept not in (None, "") else 0.0,
-                    )
-                )
+            count = number_of_frames(ds)
+            if not 1 <= count <= MAX_FRAMES:
+                _geometry_error(series, "NumberOfFrames", f"1 to {MAX_FRAMES} frames", f"{count} in {label}")
+            for index in range(count):
+                frames.append(_enhanced_frame(series, instance, index, rows, columns))
+                _check_frame(series, frames[-1])
             continue
-        spacing = _floats(raw_numbers(ds, 0x00280030), 2, "PixelSpacing", series)
-        slope, intercept = raw_numbers(ds, 0x00281053), raw_numbers(ds, 0x00281052)
+        spacing = _floats(_raw(ds, 0x00280030), 2, "PixelSpacing", series, label)
         frames.append(
             FrameGeometry(
                 instance=instance,
                 frame_number=None,
-                position=_floats(raw_numbers(ds, 0x00200032), 3, "ImagePositionPatient", series),
-                orientation=_floats(raw_numbers(ds, 0x00200037), 6, "ImageOrientationPatient", series),
+                position=_floats(_raw(ds, 0x00200032), 3, "ImagePositionPatient", series, label),
+                orientation=_floats(_raw(ds, 0x00200037), 6, "ImageOrientationPatient", series, label),
                 pixel_spacing=(float(spacing[0]), float(spacing[1])),
                 rows=rows,
                 columns=columns,
-                slope=slope[0] if slope else 1.0,
-                intercept=intercept[0] if intercept else 0.0,
+                slope=_scalar(_raw(ds, 0x00281053), 1.0, "RescaleSlope", series, label),
+                intercept=_scalar(_raw(ds, 0x00281052), 0.0, "RescaleIntercept", series, label),
             )
         )
+        _check_frame(series, frames[-1])
     return frames
 
 
-def _geometry_error(series: Series, attribute: str, expected: str, found: str, hint: str = "") -> None:
+def _enhanced_frame(series: Series, instance: Instance, index: int, rows: int, columns: int) -> FrameGeometry:
+    """One frame of an Enhanced MR instance, from its functional groups."""
+    where = f"instance {instance.sop_instance_uid} frame {index + 1}"
+
+    def functional(sequence: str, keyword: str) -> Any:
+        return _functional(series, instance.dataset, index, sequence, keyword, where)
+
+    spacing = _floats(functional("PixelMeasuresSequence", "PixelSpacing"), 2, "PixelSpacing", series, where)
+    position = functional("PlanePositionSequence", "ImagePositionPatient")
+    orientation = functional("PlaneOrientationSequence", "ImageOrientationPatient")
+    transform = "PixelValueTransformationSequence"
+    return FrameGeometry(
+        instance=instance,
+        frame_number=index + 1,
+        position=_floats(position, 3, "ImagePositionPatient", series, where),
+        orientation=_floats(orientation, 6, "ImageOrientationPatient", series, where),
+        pixel_spacing=(float(spacing[0]), float(spacing[1])),
+        rows=rows,
+        columns=columns,
+        slope=_scalar(functional(transform, "RescaleSlope"), 1.0, "RescaleSlope", series, where),
+        intercept=_scalar(functional(transform, "RescaleIntercept"), 0.0, "RescaleIntercept", series, where),
+    )
+
+
+def _matrix(series: Series, instance: Instance) -> tuple[int, int]:
+    """Rows and Columns of an instance, read as integers (an input error when they are not)."""
+    try:
+        return rows_columns(instance.dataset)
+    except (TypeError, ValueError):
+        _geometry_error(
+            series,
+            "Rows/Columns",
+            "two integers",
+            f"{_shown(_raw(instance.dataset, 0x00280010))} x {_shown(_raw(instance.dataset, 0x00280011))} "
+            f"in instance {instance.sop_instance_uid}",
+        )
+
+
+def _geometry_error(series: Series, attribute: str, expected: str, found: str, hint: str = "") -> NoReturn:
     message = f"{series.label}: {attribute}: expected {expected}, found {found}." + (f" {hint}" if hint else "")
     raise InconsistentGeometryError(
         message,

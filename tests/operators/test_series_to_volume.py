@@ -210,6 +210,60 @@ class TestGeometryErrors:
             build_volume(load_study(tmp_path).series[0])
 
 
+#: (attribute, raw value written into slice 3, the expected-text the error must carry)
+BAD_HEADER_VALUES = [
+    ("ImagePositionPatient", "", r"ImagePositionPatient is missing"),
+    ("ImagePositionPatient", "abc\\1\\2", r"ImagePositionPatient: expected 3 numbers, found 'abc\\1\\2'"),
+    ("ImagePositionPatient", "nan\\0\\0", r"ImagePositionPatient: expected 3 finite numbers"),
+    ("ImagePositionPatient", "1\\2", r"ImagePositionPatient: expected 3 numbers, found 2 values"),
+    ("ImageOrientationPatient", "0\\0\\0\\0\\0\\0", r"ImageOrientationPatient: expected two orthogonal"),
+    ("ImageOrientationPatient", "1\\0\\0\\1\\0\\0", r"ImageOrientationPatient: expected two orthogonal"),
+    ("ImageOrientationPatient", "1\\0\\0\\0\\nan\\0", r"ImageOrientationPatient: expected 6 finite"),
+    ("ImageOrientationPatient", "2\\0\\0\\0\\2\\0", r"ImageOrientationPatient: expected unit direction"),
+    ("PixelSpacing", "0\\1", r"PixelSpacing: expected two positive spacings"),
+    ("PixelSpacing", "-1\\1", r"PixelSpacing: expected two positive spacings"),
+    ("PixelSpacing", "nan\\1", r"PixelSpacing: expected 2 finite numbers"),
+    ("PixelSpacing", "one\\two", r"PixelSpacing: expected 2 numbers, found 'one\\two'"),
+    ("RescaleSlope", "steep", r"RescaleSlope: expected 1 numbers, found 'steep'"),
+    ("RescaleSlope", "nan", r"RescaleSlope: expected 1 finite numbers"),
+    ("RescaleSlope", "0", r"RescaleSlope: expected a non-zero number"),
+    ("RescaleIntercept", "inf", r"RescaleIntercept: expected 1 finite numbers"),
+]
+
+
+class TestBadHeaderValues:
+    """Values no scanner should write are refused, naming the series, the instance, the attribute and the value."""
+
+    @pytest.mark.parametrize(("keyword", "raw", "match"), BAD_HEADER_VALUES)
+    def test_refused_with_what_was_found(self, tmp_path: Path, keyword: str, raw: str, match: str) -> None:
+        from pydicom.datadict import tag_for_keyword
+        from pydicom.dataelem import RawDataElement
+
+        paths = write_series(tmp_path, SeriesSpec(description="hostile"))
+        ds = dcmread(paths[3])
+        tag = tag_for_keyword(keyword)
+        # written raw, as a broken scanner would: pydicom would refuse to encode most of these values
+        ds[tag] = RawDataElement(tag, "DS", len(raw), raw.encode(), 0, False, True)
+        ds.save_as(paths[3])
+        series = load_study(tmp_path).series[0]
+        with pytest.raises(InconsistentGeometryError, match=match) as info:
+            build_volume(series)
+        assert info.value.attribute == keyword
+        assert info.value.series_instance_uid == series.series_instance_uid
+        assert info.value.expected and info.value.found
+        assert ds.SOPInstanceUID in str(info.value)
+
+    @pytest.mark.parametrize("rows", [0, 65535])
+    def test_matrix_out_of_bounds_is_refused_before_reading_pixels(self, tmp_path: Path, rows: int) -> None:
+        paths = write_series(tmp_path, SeriesSpec(description="huge"))
+        for path in paths:
+            ds = dcmread(path)
+            ds.Rows = ds.Columns = rows
+            ds.save_as(path)
+        with pytest.raises(InconsistentGeometryError, match=r"Rows/Columns: expected 1 to 2048 pixels each"):
+            build_volume(load_study(tmp_path).series[0])
+
+
 class TestPixelErrors:
     """Truncated files, unknown transfer syntaxes and colour images."""
 
