@@ -77,9 +77,12 @@ def _choose_model(pipeline: Pipeline, job: Job) -> None:
 
 def _build_volumes(pipeline: Pipeline, job: Job) -> None:
     from operators.series_to_volume import build_volumes
+    from operators.volume_checks import check_volumes
 
     selection = _need(job.results.selection, "selection")
-    job.results.volumes = build_volumes(selection, _roles(job.results.manifest, job.request))
+    volumes = build_volumes(selection, _roles(job.results.manifest, job.request))
+    check_volumes(volumes)
+    job.results.volumes = volumes
 
 
 def _register(pipeline: Pipeline, job: Job) -> None:
