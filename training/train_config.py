@@ -12,7 +12,7 @@ import torch
 
 from operators.model_manifest import ModelManifest
 from training.datasets import PatchSettings, PhantomVariation
-from training.losses import LossConfig, LossKind
+from training.losses import PAPER_MARGIN, LossConfig, LossKind
 from training.manifests import build_manifest, differential_manifest_fields, direct_manifest_fields
 from training.networks import (
     LOW_DOSE_DIRECT_INPUTS,
@@ -101,7 +101,7 @@ class TrainConfig:
     lr: float = 1e-4
     lr_min: float = 1e-6
     loss: LossKind | None = None
-    margin: int = 8
+    margin: int = PAPER_MARGIN
     seed: int = 0
     threads: int = 1
     checkpoint_every: int = 100

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from training import losses, metrics
 from training.losses import (
     LossConfig,
     compute_loss,
@@ -226,6 +227,9 @@ class TestSSIM:
         x = torch.rand(1, 1, 8, 16, 16)
         with pytest.raises(ValueError, match="SSIM window of 13 voxels does not fit"):
             ssim3d(x, x, sigma=1.5, truncate=4.0)
+
+    def test_same_window_as_the_evaluation_metric(self) -> None:
+        assert (losses.SSIM_SIGMA, losses.SSIM_TRUNCATE) == (metrics.SSIM_SIGMA, metrics.SSIM_TRUNCATE)
 
 
 class TestComputeLoss:
