@@ -33,6 +33,7 @@ from training.datasets import (
     PatchSampler,
     PatchSettings,
     SampleCache,
+    Subject,
     SubjectStream,
     load_sample,
     parse_data_spec,
@@ -138,6 +139,26 @@ def _history_file(config: TrainConfig) -> Path:
     return config.work / "history.json"
 
 
+def _sampler(config: TrainConfig) -> PatchSampler:
+    """The run's patch sampler, over its training subjects in order and its sample cache."""
+    manifest = preprocessing_manifest(config)
+    stream = SubjectStream([parse_data_spec(s) for s in config.data], seed=config.seed)
+    cache = SampleCache(config.cache, manifest, config.variation)
+    return PatchSampler(stream, cache, config.patches or PatchSettings(), seed=config.seed)
+
+
+def _validation_subjects(config: TrainConfig) -> Iterator[Subject]:
+    return (s for spec in config.val for s in parse_data_spec(spec).subjects())
+
+
+def _validation_set(config: TrainConfig, cache: SampleCache, subjects: list[Subject]) -> list[Batch]:
+    """The fixed validation patches: ``val_per_subject`` from each held-out subject, in batches of ``batch``."""
+    settings = config.patches or PatchSettings()
+    return validation_batches(
+        cache, subjects, settings, seed=config.seed, per_subject=config.val_per_subject, batch_size=config.batch
+    )
+
+
 def prepare(config: TrainConfig, *, pack_to: Path | None = None) -> list[str]:
     """Build (and cache) every sample a run will use, training and validation, without training.
 
@@ -151,17 +172,15 @@ def prepare(config: TrainConfig, *, pack_to: Path | None = None) -> list[str]:
     ValueError
         When a data spec is invalid.
     """
-    manifest = preprocessing_manifest(config)
-    stream = SubjectStream([parse_data_spec(s) for s in config.data], seed=config.seed)
-    cache = SampleCache(config.cache, manifest, config.variation)
-    sampler = PatchSampler(stream, cache, config.patches or PatchSettings(), seed=config.seed)
+    sampler = _sampler(config)
+    stream, cache = sampler.stream, sampler.cache
     positions = sampler.positions_used(config.steps)
     if stream.endless_start is None:
         positions = range(min(len(positions), len(stream)))  # each subject of a finite pool once
     subjects = []
     for position in tqdm(positions, desc="prepare samples", unit="subject", disable=not config.progress):
         subjects.append(sampler.load(position).subject)
-    for subject in (s for spec in config.val for s in parse_data_spec(spec).subjects()):
+    for subject in _validation_subjects(config):
         cache.get(subject)
         subjects.append(subject)
     logger.info("prepared %d samples in %s", len(subjects), config.cache)
@@ -199,12 +218,9 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
     out = Path(config.out)
     if out.exists() and any(out.iterdir()) and not config.overwrite:
         raise ValueError(f"model folder {out} exists and is not empty; pass --overwrite to replace it at the end")
-    manifest = preprocessing_manifest(config)
-    stream = SubjectStream([parse_data_spec(s) for s in config.data], seed=config.seed)
-    cache = SampleCache(config.cache, manifest, config.variation)
-    patches = config.patches or PatchSettings()
-    sampler = PatchSampler(stream, cache, patches, seed=config.seed)
-    val_subjects = [s for spec in config.val for s in parse_data_spec(spec).subjects()]
+    sampler = _sampler(config)
+    stream, cache = sampler.stream, sampler.cache
+    val_subjects = list(_validation_subjects(config))
     train_keys = {s.key for s in stream.subjects}
     overlap = sorted(train_keys & {s.key for s in val_subjects})
     if overlap:
@@ -231,14 +247,7 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
             devices = list(state.get("devices", []))
             start = int(state["step"])
             logger.info("resumed %s at step %d of %d", resume, start, config.steps)
-        val = validation_batches(
-            cache,
-            val_subjects,
-            patches,
-            seed=config.seed,
-            per_subject=config.val_per_subject,
-            batch_size=config.batch,
-        )
+        val = _validation_set(config, cache, val_subjects)
         history["val_baseline"] = _baseline_loss(config, val, loss_config)
         if start == 0 and val:
             history["val"].append({"step": 0, "loss": _validate(network, val, loss_config)})
