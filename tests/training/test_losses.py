@@ -125,26 +125,17 @@ class TestWeightedHuber:
         assert loss.item() == pytest.approx((0.5 + 2.5) * 0.5 * 0.05**2, rel=1e-6)
 
     def test_margin_is_ignored(self) -> None:
+        def summed(prediction: torch.Tensor) -> float:
+            zeros, ones = torch.zeros_like(prediction), torch.ones_like(prediction)
+            return float(weighted_huber_loss(prediction, zeros, ones, zeros, reduction="sum"))
+
         prediction = torch.zeros(1, 1, 20, 20, 20)
         prediction[..., 10, 10, 10] = 1.0
-        clean = weighted_huber_loss(
-            prediction,
-            torch.zeros_like(prediction),
-            torch.ones_like(prediction),
-            torch.zeros_like(prediction),
-            reduction="sum",
-        )
+        clean = summed(prediction)
         prediction[..., :8, :, :] = 100.0
         prediction[..., :, :, -8:] = -100.0
-        dirty = weighted_huber_loss(
-            prediction,
-            torch.zeros_like(prediction),
-            torch.ones_like(prediction),
-            torch.zeros_like(prediction),
-            reduction="sum",
-        )
-        assert dirty.item() == pytest.approx(clean.item())
-        assert clean.item() == pytest.approx(1.01 * 0.1 * (1.0 - 0.05), rel=1e-6)
+        assert summed(prediction) == pytest.approx(clean)
+        assert clean == pytest.approx(1.01 * 0.1 * (1.0 - 0.05), rel=1e-6)
 
     def test_margin_too_large(self) -> None:
         x = torch.zeros(1, 1, 16, 16, 16)
