@@ -9,19 +9,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from operators.model_manifest import (
-    ConditionSpec,
-    InputChannel,
-    ModelManifest,
-    ModelMode,
-    NormalizationKind,
-    NormalizationSpec,
-    OutputMeaning,
-    OutputScale,
-    OutputSpec,
-    file_sha256,
-)
-from operators.roles import Role
+from operators.model_manifest import ModelManifest, file_sha256
+from training.manifests import MODEL_FILE, baseline_manifest_fields, build_manifest
 
 __all__ = ["BASELINE_NAME", "BASELINE_VERSION", "MIN_DOSE", "build_graph", "export_baseline", "main"]
 
@@ -81,7 +70,7 @@ def build_graph() -> onnx.ModelProto:
 
 
 def _manifest(sha256: str) -> ModelManifest:
-    return ModelManifest(
+    fields = baseline_manifest_fields(
         name=BASELINE_NAME,
         version=BASELINE_VERSION,
         description=(
@@ -93,28 +82,8 @@ def _manifest(sha256: str) -> ModelManifest:
             "Research and software testing only; a reference for evaluating trained models. Not a trained model, "
             "not a medical device, not for diagnosis."
         ),
-        mode=ModelMode.LOW_DOSE_DIFFERENTIAL,
-        required_roles=[Role.T1_PRE, Role.T1_LOW_DOSE],
-        model_file="model.onnx",
-        sha256=sha256,
-        input_tensor="image",
-        condition_tensor="condition",
-        inputs=[
-            InputChannel(name="x_pc", meaning="pre-contrast T1w / its brain 95th percentile"),
-            InputChannel(
-                name="x_ld", meaning="low-dose T1w / its brain 95th percentile, radiometrically aligned to x_pc"
-            ),
-            InputChannel(name="brain_mask", meaning="1 inside the MNI152-derived brain mask, 0 outside"),
-        ],
-        normalization=NormalizationSpec(kind=NormalizationKind.DIFFERENTIAL),
-        condition=ConditionSpec(features=["dose"]),
-        output=OutputSpec(
-            tensor="y_hat", meaning=OutputMeaning.CONTRAST_SIGNAL, scale=OutputScale.NORMALIZED, gamma=1.0
-        ),
-        patch_size=None,
-        spatial_divisor=1,
-        batch_size=1,
     )
+    return build_manifest(fields, sha256)
 
 
 def _model_card(manifest: ModelManifest) -> str:
@@ -159,7 +128,7 @@ def export_baseline(out_dir: Path = DEFAULT_OUT) -> Path:
     The export is deterministic: the same code writes byte-identical files.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = out_dir / "model.onnx"
+    model_path = out_dir / MODEL_FILE
     model_path.write_bytes(build_graph().SerializeToString(deterministic=True))
     manifest = _manifest(file_sha256(model_path))
     manifest_path = out_dir / "manifest.json"

@@ -11,6 +11,12 @@ import torch
 from torch.nn import functional
 
 __all__ = [
+    "HUBER_EPS",
+    "HUBER_LAMBDA1",
+    "HUBER_LAMBDA2",
+    "PAPER_MARGIN",
+    "SSIM_SIGMA",
+    "SSIM_TRUNCATE",
     "LossConfig",
     "LossKind",
     "compute_loss",
@@ -31,6 +37,17 @@ logger = logging.getLogger(__name__)
 LossKind = Literal["weighted_huber", "l1", "l2", "ssim"]
 Reduction = Literal["mean", "sum"]
 _KINDS: tuple[str, ...] = ("weighted_huber", "l1", "l2", "ssim")
+#: The paper's weighted Huber loss (Pinetz et al.): weight outside the brain, extra weight on enhancing voxels,
+#: Huber threshold; the defaults of ``weighted_huber_loss`` and of ``LossConfig``.
+HUBER_LAMBDA1 = 0.01
+HUBER_LAMBDA2 = 1.0
+HUBER_EPS = 0.1
+#: Voxels the paper's loss ignores at each face of a patch, against boundary artefacts.
+PAPER_MARGIN = 8
+#: SSIM's Gaussian window: standard deviation and truncation, in voxels. The values of ``training.metrics``,
+#: restated because the training loop must import without scipy (a packed cache on a GPU machine).
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5
 
 
 def _logit(p: float) -> float:
@@ -136,10 +153,10 @@ def weighted_huber_loss(
     brain: torch.Tensor,
     p: torch.Tensor,
     *,
-    lambda1: float = 0.01,
-    lambda2: float = 1.0,
-    eps: float = 0.1,
-    margin: int = 8,
+    lambda1: float = HUBER_LAMBDA1,
+    lambda2: float = HUBER_LAMBDA2,
+    eps: float = HUBER_EPS,
+    margin: int = PAPER_MARGIN,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """The paper's loss: sum over voxels of (b + lambda1 + lambda2 * p_SD) * Huber_eps(y_hat - y_SD).
@@ -191,7 +208,7 @@ def l2_loss(
     return _reduce(crop_margin((prediction - target) ** 2, margin), reduction)
 
 
-def gaussian_window(sigma: float = 1.5, *, truncate: float = 3.5) -> torch.Tensor:
+def gaussian_window(sigma: float = SSIM_SIGMA, *, truncate: float = SSIM_TRUNCATE) -> torch.Tensor:
     """Normalized 1D Gaussian taps of standard deviation ``sigma``, radius ceil(truncate * sigma)."""
     if not sigma > 0:
         raise ValueError(f"SSIM window sigma must be positive; found {sigma}")
@@ -219,8 +236,8 @@ def ssim3d(
     target: torch.Tensor,
     *,
     data_range: float = 1.0,
-    sigma: float = 1.5,
-    truncate: float = 3.5,
+    sigma: float = SSIM_SIGMA,
+    truncate: float = SSIM_TRUNCATE,
     k1: float = 0.01,
     k2: float = 0.03,
     margin: int = 0,
@@ -277,12 +294,12 @@ class LossConfig:
     """
 
     kind: LossKind = "weighted_huber"
-    lambda1: float = 0.01
-    lambda2: float = 1.0
-    eps: float = 0.1
-    margin: int = 8
+    lambda1: float = HUBER_LAMBDA1
+    lambda2: float = HUBER_LAMBDA2
+    eps: float = HUBER_EPS
+    margin: int = PAPER_MARGIN
     ssim_weight: float = 0.0
-    ssim_sigma: float = 1.5
+    ssim_sigma: float = SSIM_SIGMA
     data_range: float = 1.0
     reduction: Reduction = "mean"
 

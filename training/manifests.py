@@ -1,4 +1,5 @@
-"""Manifest fields for exported GadSynth networks, and the checks that a network and its manifest fit together."""
+"""Manifest fields for the models GadSynth exports (trained networks and the linear baseline), and the checks that a
+network and its manifest fit together."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from training.networks import CONDITION_FEATURES, DIFFERENTIAL_INPUTS, Different
 __all__ = [
     "DEFAULT_INTENDED_USE",
     "MODEL_FILE",
+    "baseline_manifest_fields",
     "build_manifest",
     "check_fits",
     "differential_manifest_fields",
@@ -75,6 +77,45 @@ def noise_scale_gamma(pairs: Sequence[tuple[Any, Any, Any]]) -> float:
     return gamma
 
 
+def _low_dose_differential(normalization: NormalizationSpec | None = None) -> dict[str, Any]:
+    """The fields every low-dose differential model shares: its mode, roles, tensor names and normalization."""
+    return {
+        "mode": ModelMode.LOW_DOSE_DIFFERENTIAL,
+        "required_roles": [Role.T1_PRE, Role.T1_LOW_DOSE],
+        "model_file": MODEL_FILE,
+        "input_tensor": "image",
+        "condition_tensor": "condition",
+        "normalization": normalization or NormalizationSpec(kind=NormalizationKind.DIFFERENTIAL),
+    }
+
+
+def baseline_manifest_fields(*, name: str, version: str, description: str, intended_use: str) -> dict[str, Any]:
+    """Manifest fields (all but sha256) of the linear dose-scaling baseline: inputs x_pc, x_ld and the brain mask,
+    condition [dose], output y_hat in normalized intensity, any size in one piece (no patches, divisor 1).
+    """
+    return {
+        "name": name,
+        "version": version,
+        "description": description,
+        "intended_use": intended_use,
+        **_low_dose_differential(),
+        "inputs": [
+            InputChannel(name="x_pc", meaning="pre-contrast T1w / its brain 95th percentile"),
+            InputChannel(
+                name="x_ld", meaning="low-dose T1w / its brain 95th percentile, radiometrically aligned to x_pc"
+            ),
+            InputChannel(name="brain_mask", meaning="1 inside the MNI152-derived brain mask, 0 outside"),
+        ],
+        "condition": ConditionSpec(features=["dose"]),
+        "output": OutputSpec(
+            tensor="y_hat", meaning=OutputMeaning.CONTRAST_SIGNAL, scale=OutputScale.NORMALIZED, gamma=1.0
+        ),
+        "patch_size": None,
+        "spatial_divisor": 1,
+        "batch_size": 1,
+    }
+
+
 def differential_manifest_fields(
     *,
     name: str,
@@ -104,13 +145,8 @@ def differential_manifest_fields(
         or "Conditional differential U-Net (Pinetz et al.): predicts the standard-dose contrast signal from the "
         "low-dose subtraction, conditioned on dose, field strength, relaxivity and noise level.",
         "intended_use": intended_use,
-        "mode": ModelMode.LOW_DOSE_DIFFERENTIAL,
-        "required_roles": [Role.T1_PRE, Role.T1_LOW_DOSE],
-        "model_file": MODEL_FILE,
-        "input_tensor": "image",
-        "condition_tensor": "condition",
+        **_low_dose_differential(normalization),
         "inputs": [InputChannel(name=c, meaning=meanings[c]) for c in DIFFERENTIAL_INPUTS],
-        "normalization": normalization or NormalizationSpec(kind=NormalizationKind.DIFFERENTIAL),
         "condition": ConditionSpec.model_validate(
             {"features": list(CONDITION_FEATURES), "defaults": dict(condition_defaults or {})}
         ),

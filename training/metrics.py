@@ -77,6 +77,28 @@ def _mask_or_all(mask: Mask | None, shape: tuple[int, ...], what: str) -> Mask:
     return region
 
 
+def _in_region(
+    x: Array, ref: Array, mask: Mask | None, what: str
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The voxels of ``x`` and ``ref`` (as float64) inside ``mask`` (everywhere when None), after the shape checks."""
+    xa, ra = np.asarray(x, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    _check_shapes(xa, ra)
+    region = _mask_or_all(mask, xa.shape, what)
+    return xa[region], ra[region]
+
+
+def _check_range(data_range: float, what: str) -> None:
+    if data_range <= 0.0:
+        raise ValueError(f"{what} data range must be positive. Found {data_range}.")
+
+
+def _masks(a: Mask, b: Mask) -> tuple[Mask, Mask]:
+    """Both masks as boolean arrays, after the shape check."""
+    aa, ba = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    _check_shapes(aa, ba)
+    return aa, ba
+
+
 def brain_range(ref: Array, brain: Mask) -> float:
     """Intensity data range R = max(ref) inside the brain mask (the PSNR / L2 / MAE convention of this module).
 
@@ -120,13 +142,10 @@ def psnr(x: Array, ref: Array, mask: Mask | None = None, *, data_range: float | 
     ValueError
         When shapes differ, the mask is empty, or R is not positive.
     """
-    xa, ra = np.asarray(x, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    _check_shapes(xa, ra)
-    region = _mask_or_all(mask, xa.shape, "PSNR")
-    peak = float(ra[region].max()) if data_range is None else float(data_range)
-    if peak <= 0.0:
-        raise ValueError(f"PSNR data range must be positive. Found {peak}.")
-    mse = float(np.mean((xa[region] - ra[region]) ** 2))
+    xs, rs = _in_region(x, ref, mask, "PSNR")
+    peak = float(rs.max()) if data_range is None else float(data_range)
+    _check_range(peak, "PSNR")
+    mse = float(np.mean((xs - rs) ** 2))
     if mse <= (peak * 10.0 ** (-PSNR_CAP_DB / 20.0)) ** 2:
         return PSNR_CAP_DB
     return float(10.0 * np.log10(peak**2 / mse))
@@ -188,14 +207,11 @@ def mae(x: Array, ref: Array, mask: Mask | None = None, *, data_range: float = 1
     Raises
     ------
     ValueError
-        When shapes differ, the mask is empty, or R is not positive.
+        As :func:`psnr`.
     """
-    xa, ra = np.asarray(x, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    _check_shapes(xa, ra)
-    region = _mask_or_all(mask, xa.shape, "MAE")
-    if data_range <= 0.0:
-        raise ValueError(f"MAE data range must be positive. Found {data_range}.")
-    return float(np.mean(np.abs(xa[region] - ra[region])) / data_range)
+    xs, rs = _in_region(x, ref, mask, "MAE")
+    _check_range(data_range, "MAE")
+    return float(np.mean(np.abs(xs - rs)) / data_range)
 
 
 def tumour_l2(x: Array, ref: Array, tumour: Mask, *, data_range: float = 1.0) -> float:
@@ -206,27 +222,22 @@ def tumour_l2(x: Array, ref: Array, tumour: Mask, *, data_range: float = 1.0) ->
     Raises
     ------
     ValueError
-        When shapes differ, the mask is empty, or R is not positive.
+        As :func:`psnr`.
     """
-    xa, ra = np.asarray(x, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    _check_shapes(xa, ra)
-    region = _mask_or_all(tumour, xa.shape, "tumour")
-    if data_range <= 0.0:
-        raise ValueError(f"L2 data range must be positive. Found {data_range}.")
-    return float(np.mean(((xa[region] - ra[region]) / data_range) ** 2))
+    xs, rs = _in_region(x, ref, tumour, "tumour")
+    _check_range(data_range, "L2")
+    return float(np.mean(((xs - rs) / data_range) ** 2))
 
 
 def _lesion_ratio(
     pred_contrast: Array, ref_contrast: Array, lesion: Mask, reduce: Callable[[np.ndarray], Any]
 ) -> float:
     """reduce(pred in L) / reduce(ref in L), NaN when the reference's is not positive."""
-    pa, ra = np.asarray(pred_contrast, dtype=np.float64), np.asarray(ref_contrast, dtype=np.float64)
-    _check_shapes(pa, ra)
-    region = _mask_or_all(lesion, pa.shape, "lesion")
-    denominator = float(reduce(ra[region]))
+    ps, rs = _in_region(pred_contrast, ref_contrast, lesion, "lesion")
+    denominator = float(reduce(rs))
     if denominator <= 0.0:
         return float("nan")
-    return float(reduce(pa[region]) / denominator)
+    return float(reduce(ps) / denominator)
 
 
 def c_bar(pred_contrast: Array, ref_contrast: Array, lesion: Mask) -> float:
@@ -252,17 +263,8 @@ def c_bar(pred_contrast: Array, ref_contrast: Array, lesion: Mask) -> float:
 def c_hat(pred_contrast: Array, ref_contrast: Array, lesion: Mask) -> float:
     """Maximal relative enhancement of one lesion (seed 003, section 4).
 
-    c-hat(x) = max_{i in L} [x - x_PC]_i / max_{i in L} [x_SD - x_PC]_i (contrasts as in :func:`c_bar`).
-
-    Returns
-    -------
-    float
-        The ratio, or NaN when the reference's largest contrast in the lesion is not positive.
-
-    Raises
-    ------
-    ValueError
-        When shapes differ or the lesion mask is empty.
+    c-hat(x) = max_{i in L} [x - x_PC]_i / max_{i in L} [x_SD - x_PC]_i (contrasts as in :func:`c_bar`), or NaN
+    when the reference's largest contrast in the lesion is not positive. Raises as :func:`c_bar`.
     """
     return _lesion_ratio(pred_contrast, ref_contrast, lesion, np.max)
 
@@ -369,8 +371,7 @@ def dice(a: Mask, b: Mask) -> float:
     ValueError
         When the shapes differ.
     """
-    aa, ba = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    _check_shapes(aa, ba)
+    aa, ba = _masks(a, b)
     total = int(aa.sum()) + int(ba.sum())
     return 1.0 if total == 0 else float(2.0 * np.logical_and(aa, ba).sum() / total)
 
@@ -381,10 +382,9 @@ def jaccard(a: Mask, b: Mask) -> float:
     Raises
     ------
     ValueError
-        When the shapes differ.
+        As :func:`dice`.
     """
-    aa, ba = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    _check_shapes(aa, ba)
+    aa, ba = _masks(a, b)
     union = int(np.logical_or(aa, ba).sum())
     return 1.0 if union == 0 else float(np.logical_and(aa, ba).sum() / union)
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
+from training import losses, metrics
 from training.losses import (
     LossConfig,
     compute_loss,
@@ -24,14 +24,7 @@ from training.losses import (
     weighted_huber_loss,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a shared 2-core machine, spinning OpenMP threads make small convolutions 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sigmoid(x: float) -> float:
@@ -132,26 +125,17 @@ class TestWeightedHuber:
         assert loss.item() == pytest.approx((0.5 + 2.5) * 0.5 * 0.05**2, rel=1e-6)
 
     def test_margin_is_ignored(self) -> None:
+        def summed(prediction: torch.Tensor) -> float:
+            zeros, ones = torch.zeros_like(prediction), torch.ones_like(prediction)
+            return float(weighted_huber_loss(prediction, zeros, ones, zeros, reduction="sum"))
+
         prediction = torch.zeros(1, 1, 20, 20, 20)
         prediction[..., 10, 10, 10] = 1.0
-        clean = weighted_huber_loss(
-            prediction,
-            torch.zeros_like(prediction),
-            torch.ones_like(prediction),
-            torch.zeros_like(prediction),
-            reduction="sum",
-        )
+        clean = summed(prediction)
         prediction[..., :8, :, :] = 100.0
         prediction[..., :, :, -8:] = -100.0
-        dirty = weighted_huber_loss(
-            prediction,
-            torch.zeros_like(prediction),
-            torch.ones_like(prediction),
-            torch.zeros_like(prediction),
-            reduction="sum",
-        )
-        assert dirty.item() == pytest.approx(clean.item())
-        assert clean.item() == pytest.approx(1.01 * 0.1 * (1.0 - 0.05), rel=1e-6)
+        assert summed(prediction) == pytest.approx(clean)
+        assert clean == pytest.approx(1.01 * 0.1 * (1.0 - 0.05), rel=1e-6)
 
     def test_margin_too_large(self) -> None:
         x = torch.zeros(1, 1, 16, 16, 16)
@@ -234,6 +218,9 @@ class TestSSIM:
         x = torch.rand(1, 1, 8, 16, 16)
         with pytest.raises(ValueError, match="SSIM window of 13 voxels does not fit"):
             ssim3d(x, x, sigma=1.5, truncate=4.0)
+
+    def test_same_window_as_the_evaluation_metric(self) -> None:
+        assert (losses.SSIM_SIGMA, losses.SSIM_TRUNCATE) == (metrics.SSIM_SIGMA, metrics.SSIM_TRUNCATE)
 
 
 class TestComputeLoss:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 import torch
@@ -21,18 +22,22 @@ from training.networks import (
 )
 from training.networks.blocks import BlurDownsample, ConditionalResidualBlock, GatedFusion
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a shared 2-core machine, spinning OpenMP threads make small convolutions 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = DifferentialUNetConfig(base_width=4, embedding_dim=16)
 TINY_DIRECT = DirectUNetConfig(base_width=4, levels=3)
+
+
+@contextlib.contextmanager
+def _forward_hooks(modules: Sequence[nn.Module], hook: Callable[..., None]) -> Iterator[None]:
+    """``hook`` registered as a forward hook on every module while the block runs."""
+    handles = [module.register_forward_hook(hook) for module in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _condition(n: int = 1, *, dose: float = 0.25, field: float = 3.0, r1: float = 4.5, sigma: float = 0.03):
@@ -104,13 +109,8 @@ class TestDifferentialBehaviour:
         blocks = [m for m in differential.modules() if isinstance(m, ConditionalResidualBlock)]
         assert len(blocks) == 2 * sum(TINY.blocks) - TINY.blocks[-1]  # down path + up path (no up at the bottom)
         calls: list[torch.Tensor] = []
-        handles = [b.register_forward_hook(lambda _m, args, _o: calls.append(args[1])) for b in blocks]
-        try:
-            with torch.no_grad():
-                differential(torch.randn(1, 3, 16, 16, 16), _condition())
-        finally:
-            for handle in handles:
-                handle.remove()
+        with _forward_hooks(blocks, lambda _m, args, _o: calls.append(args[1])), torch.no_grad():
+            differential(torch.randn(1, 3, 16, 16, 16), _condition())
         assert len(calls) == len(blocks)
         assert all(c.shape == (1, TINY.embedding_dim) for c in calls)
 
@@ -160,18 +160,12 @@ class TestGatedFusion:
         fusions = [m for m in differential.modules() if isinstance(m, GatedFusion)]
         assert len(fusions) == TINY.scales - 1
         seen: list[tuple[float, float]] = []
-        handles = [
-            f.register_forward_hook(
-                lambda m, args, _o: seen.append(tuple(float(g.min()) for g in m.gate_values(*args)))  # type: ignore[arg-type]
-            )
-            for f in fusions
-        ]
-        try:
-            with torch.no_grad():
-                differential(torch.randn(1, 3, 16, 16, 16), _condition())
-        finally:
-            for handle in handles:
-                handle.remove()
+
+        def gate_minima(fusion: GatedFusion, args: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+            seen.append(tuple(float(g.min()) for g in fusion.gate_values(*args)))  # type: ignore[arg-type]
+
+        with _forward_hooks(fusions, gate_minima), torch.no_grad():
+            differential(torch.randn(1, 3, 16, 16, 16), _condition())
         assert len(seen) == len(fusions)
         assert all(0.0 < value < 1.0 for pair in seen for value in pair)
 

@@ -1,9 +1,12 @@
-"""Building blocks of the GadSynth networks: condition embedding, CRB, anti-aliased down-sampling, gated fusion."""
+"""Building blocks of the GadSynth networks: condition embedding, CRB, anti-aliased down-sampling, gated fusion,
+the V-Net residual block, and the dictionary form both network configs share."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
@@ -15,6 +18,7 @@ __all__ = [
     "ConditionalResidualBlock",
     "GatedFusion",
     "ResidualBlock",
+    "SerializableConfig",
     "check_image",
     "is_tracing",
 ]
@@ -46,6 +50,41 @@ def check_image(image: torch.Tensor, channels: int, *, network: str) -> None:
         )
     if image.shape[1] != channels:
         raise ValueError(f"{network}: input must have {channels} channel(s); found {image.shape[1]}")
+
+
+class SerializableConfig:
+    """Base of the frozen network config dataclasses: ``to_dict`` / ``from_dict`` through JSON-ready values.
+
+    Tuple fields become lists in ``to_dict`` and lists become tuples again in ``from_dict``; the ``kind`` field
+    (``init=False``) names the network in the dictionary.
+    """
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for checkpoints); ``from_dict`` reverses it."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Rebuild from ``to_dict`` output.
+
+        Raises
+        ------
+        ValueError
+            When ``data`` is for another network kind or has unknown keys.
+        """
+        kind = cls.__dataclass_fields__["kind"].default
+        values = dict(data)
+        found = values.pop("kind", kind)
+        if found != kind:
+            raise ValueError(f"expected a {kind} config; found kind {found!r}")
+        known = {f for f in cls.__dataclass_fields__ if f != "kind"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; known: {sorted(known)}")
+        build: Callable[..., Self] = cls
+        return build(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
 
 
 class ConditionEmbedding(nn.Module):

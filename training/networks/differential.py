@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
@@ -15,6 +15,7 @@ from training.networks.blocks import (
     ConditionalResidualBlock,
     ConditionEmbedding,
     GatedFusion,
+    SerializableConfig,
     check_image,
 )
 
@@ -43,7 +44,7 @@ HEAD_BIAS = 0.05
 
 
 @dataclass(frozen=True)
-class DifferentialUNetConfig:
+class DifferentialUNetConfig(SerializableConfig):
     """Width and depth of the conditional differential U-Net (defaults chosen for the 15 s CPU budget).
 
     Parameters
@@ -148,38 +149,6 @@ class DifferentialUNetConfig:
     def paper(cls, **kwargs: Any) -> DifferentialUNetConfig:
         """The paper's size: 32 channels at the finest scale, two CRBs at every scale (too slow for a 2-core CPU)."""
         return cls(**{"base_width": 32, "blocks_per_scale": 2, "finest_blocks": None, **kwargs})
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (for checkpoints); ``from_dict`` reverses it."""
-        data = asdict(self)
-        for key in ("blocks_per_scale", "condition_offset", "condition_scale"):
-            if isinstance(data[key], tuple):
-                data[key] = list(data[key])
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DifferentialUNetConfig:
-        """Rebuild from ``to_dict`` output.
-
-        Raises
-        ------
-        ValueError
-            When ``data`` is for another network kind or has unknown keys.
-        """
-        values = dict(data)
-        kind = values.pop("kind", "differential_unet")
-        if kind != "differential_unet":
-            raise ValueError(f"expected a differential_unet config; found kind {kind!r}")
-        known = {f for f in cls.__dataclass_fields__ if f != "kind"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown DifferentialUNetConfig key(s) {unknown}; known: {sorted(known)}")
-        if isinstance(values.get("blocks_per_scale"), list):
-            values["blocks_per_scale"] = tuple(values["blocks_per_scale"])
-        for key in ("condition_offset", "condition_scale"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        return cls(**values)
 
 
 class _Down(nn.Module):

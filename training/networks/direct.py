@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from training.networks.blocks import ResidualBlock, check_image, is_tracing
+from training.networks.blocks import ResidualBlock, SerializableConfig, check_image, is_tracing
 
 __all__ = [
     "DIRECT_INPUTS",
@@ -30,7 +30,7 @@ ZERO_DOSE_INPUTS: tuple[str, ...] = ("t1_pre", "t2", "flair")
 
 
 @dataclass(frozen=True)
-class DirectUNetConfig:
+class DirectUNetConfig(SerializableConfig):
     """Inputs, width and depth of the direct 3D U-Net.
 
     Parameters
@@ -107,32 +107,10 @@ class DirectUNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (for checkpoints); ``from_dict`` reverses it."""
-        data = asdict(self)
-        data["inputs"] = list(self.inputs)
+        data = super().to_dict()
         if self.output == "sigmoid":
             del data["output"]  # the original form: configs (and run identities) written before the option match
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DirectUNetConfig:
-        """Rebuild from ``to_dict`` output.
-
-        Raises
-        ------
-        ValueError
-            When ``data`` is for another network kind or has unknown keys.
-        """
-        values = dict(data)
-        kind = values.pop("kind", "direct_unet")
-        if kind != "direct_unet":
-            raise ValueError(f"expected a direct_unet config; found kind {kind!r}")
-        known = {f for f in cls.__dataclass_fields__ if f != "kind"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown DirectUNetConfig key(s) {unknown}; known: {sorted(known)}")
-        if "inputs" in values:
-            values["inputs"] = tuple(values["inputs"])
-        return cls(**values)
 
 
 class DirectUNet(nn.Module):

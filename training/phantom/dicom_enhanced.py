@@ -249,7 +249,7 @@ def enhanced_dataset(
     start = frame_times[0]
     content = start + dt.timedelta(seconds=duration_s)
     ds = common_dataset(
-        series, study, profile, sop_class_uid=EnhancedMRImageStorage, content_time=content, bits_stored=fmt.bits_stored
+        series, study, profile, sop_class_uid=EnhancedMRImageStorage, content_time=content, geometry=geometry, fmt=fmt
     )
     ds.SOPInstanceUID = instance_uid(series.series_instance_uid, "sop", 1)
     ds.ImageType = frame_type
@@ -260,8 +260,6 @@ def enhanced_dataset(
     ds.AcquisitionContrast = acquisition_contrast
     ds.ContentQualification = "PRODUCT"
     ds.InstanceNumber = 1
-    ds.Rows = geometry.rows
-    ds.Columns = geometry.columns
     ds.NumberOfFrames = geometry.n_slices
     ds.BurnedInAnnotation = "NO"
     ds.PresentationLUTShape = "IDENTITY"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
@@ -158,7 +159,7 @@ def _classic_template(
     """Everything that is the same on every slice of a classic MR series."""
     protocol = series.protocol
     ds = common_dataset(
-        series, study, profile, sop_class_uid=MRImageStorage, content_time=content_time, bits_stored=fmt.bits_stored
+        series, study, profile, sop_class_uid=MRImageStorage, content_time=content_time, geometry=geometry, fmt=fmt
     )
     ds.ImageType = _classic_image_type(series)
     ds.ScanningSequence = protocol.scanning_sequence.split("\\")
@@ -194,8 +195,6 @@ def _classic_template(
     ds.VariableFlipAngleFlag = "N"
     ds.SAR = "0.3"
     ds.dBdt = "0"
-    ds.Rows = geometry.rows
-    ds.Columns = geometry.columns
     ds.PixelSpacing = geometry.pixel_spacing
     ds.ImageOrientationPatient = geometry.orientation
     ds.WindowCenter = fmt.window_center
@@ -281,53 +280,50 @@ def _slice_pixels(template: Dataset, pixels: np.ndarray, transfer_syntax: UID) -
     return ds["PixelData"]
 
 
-def _write_classic(
-    series: SimulatedSeries,
-    study: StudyHeader,
-    profile: VendorProfile,
-    out_dir: Path,
-    transfer_syntax: UID,
-    array: np.ndarray,
-    geometry: SeriesGeometry,
-    fmt: PixelFormat,
-) -> list[Path]:
-    protocol = series.protocol
-    times = slice_datetimes(protocol, study, geometry.n_slices)
-    duration = acquisition_duration_s(protocol, geometry.rows, geometry.n_slices, profile.parallel_factor)
-    template = _classic_template(series, study, profile, geometry, fmt, times[0] + dt.timedelta(seconds=duration))
+@dataclass(frozen=True)
+class _SeriesFiles:
+    """What the classic and the enhanced writer both need: the series, its exam and equipment, where and in which
+    transfer syntax to write it, its pixels and geometry, and when it was acquired."""
+
+    series: SimulatedSeries
+    study: StudyHeader
+    profile: VendorProfile
+    out_dir: Path
+    transfer_syntax: UID
+    array: np.ndarray
+    geometry: SeriesGeometry
+    fmt: PixelFormat
+    times: list[dt.datetime]  # acquisition time of each slice
+    duration_s: float  # acquisition duration of the series
+
+
+def _write_classic(job: _SeriesFiles) -> list[Path]:
+    series, geometry, transfer_syntax = job.series, job.geometry, job.transfer_syntax
+    content_time = job.times[0] + dt.timedelta(seconds=job.duration_s)
+    template = _classic_template(series, job.study, job.profile, geometry, job.fmt, content_time)
     encoder = _SliceFileEncoder(template, [Tag(k) for k in (*_SLICE_KEYWORDS, "PixelData")], transfer_syntax)
     paths = []
     for k in range(geometry.n_slices):
         ds = Dataset()
         ds.SOPInstanceUID = instance_uid(series.series_instance_uid, "sop", k + 1)
-        ds.AcquisitionTime = tm_str(times[k])
+        ds.AcquisitionTime = tm_str(job.times[k])
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = ds_list(geometry.positions[k])
         ds.SliceLocation = ds_str(float(geometry.slice_locations[k]))
-        ds["PixelData"] = _slice_pixels(template, array[k], transfer_syntax)
-        path = out_dir / f"IM{k + 1:04d}.dcm"
+        ds["PixelData"] = _slice_pixels(template, job.array[k], transfer_syntax)
+        path = job.out_dir / f"IM{k + 1:04d}.dcm"
         encoder.write(path, _file_meta(MRImageStorage, ds.SOPInstanceUID, transfer_syntax), ds)
         paths.append(path)
     return paths
 
 
-def _write_enhanced(
-    series: SimulatedSeries,
-    study: StudyHeader,
-    profile: VendorProfile,
-    out_dir: Path,
-    transfer_syntax: UID,
-    array: np.ndarray,
-    geometry: SeriesGeometry,
-    fmt: PixelFormat,
-) -> list[Path]:
-    protocol = series.protocol
-    times = slice_datetimes(protocol, study, geometry.n_slices)
-    duration = acquisition_duration_s(protocol, geometry.rows, geometry.n_slices, profile.parallel_factor)
-    ds = enhanced_dataset(series, study, profile, geometry, fmt, frame_times=times, duration_s=duration)
-    ds.file_meta = _file_meta(ds.SOPClassUID, ds.SOPInstanceUID, transfer_syntax)
-    _set_pixels(ds, array, transfer_syntax)
-    path = out_dir / "IM0001.dcm"
+def _write_enhanced(job: _SeriesFiles) -> list[Path]:
+    ds = enhanced_dataset(
+        job.series, job.study, job.profile, job.geometry, job.fmt, frame_times=job.times, duration_s=job.duration_s
+    )
+    ds.file_meta = _file_meta(ds.SOPClassUID, ds.SOPInstanceUID, job.transfer_syntax)
+    _set_pixels(ds, job.array, job.transfer_syntax)
+    path = job.out_dir / "IM0001.dcm"
     dcmwrite(path, ds, enforce_file_format=True)
     return [path]
 
@@ -382,11 +378,21 @@ def write_series(
     geometry = series_geometry(series.image, label)
     profile = vendor_profile(study.vendor, study.field_strength_t, output_format)
     array = sitk.GetArrayViewFromImage(series.image)
-    fmt = pixel_format(array)
-    syntax = TRANSFER_SYNTAXES[transfer_syntax]
+    protocol = series.protocol
+    job = _SeriesFiles(
+        series=series,
+        study=study,
+        profile=profile,
+        out_dir=out_dir,
+        transfer_syntax=TRANSFER_SYNTAXES[transfer_syntax],
+        array=array,
+        geometry=geometry,
+        fmt=pixel_format(array),
+        times=slice_datetimes(protocol, study, geometry.n_slices),
+        duration_s=acquisition_duration_s(protocol, geometry.rows, geometry.n_slices, profile.parallel_factor),
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    writer = _write_enhanced if output_format == "enhanced" else _write_classic
-    paths = writer(series, study, profile, out_dir, syntax, array, geometry, fmt)
+    paths = (_write_enhanced if output_format == "enhanced" else _write_classic)(job)
     logger.info(
         "Wrote %s as %d %s file(s), %s, %d slices", label, len(paths), output_format, transfer_syntax, geometry.n_slices
     )

@@ -181,11 +181,14 @@ def common_dataset(
     *,
     sop_class_uid: str,
     content_time: dt.datetime,
-    bits_stored: int,
+    geometry: SeriesGeometry,
+    fmt: PixelFormat,
 ) -> Dataset:
     """Modules every image of the series shares: SOP Common, Patient, Study, Series, Frame of Reference,
-    Equipment and the fixed part of Image Pixel. Per-slice and IOD-specific attributes are added by the writers."""
+    Equipment and the fixed part of Image Pixel (with the image size). Per-slice and IOD-specific attributes are
+    added by the writers."""
     protocol = series.protocol
+    bits_stored = fmt.bits_stored
     series_start = dt.datetime.combine(study.study_date, protocol.acquisition_time)
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -230,6 +233,8 @@ def common_dataset(
     ds.PositionReferenceIndicator = ""
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = geometry.rows
+    ds.Columns = geometry.columns
     ds.BitsAllocated = 16
     ds.BitsStored = bits_stored
     ds.HighBit = bits_stored - 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from operators.roles import canonical_agent
 from training.phantom.types import OutputFormat, Vendor
@@ -81,8 +81,8 @@ def agent_product(agent: str) -> AgentProduct:
 
 
 @dataclass(frozen=True)
-class VendorProfile:
-    """Equipment and wording one vendor's scanner writes into every series of an exam."""
+class _Scanner:
+    """The part of a `VendorProfile` that belongs to one scanner model and its software line."""
 
     manufacturer: str
     model: str
@@ -90,10 +90,51 @@ class VendorProfile:
     station_name: str
     device_serial_number: str
     receive_coil: str
+
+
+@dataclass(frozen=True)
+class _HouseStyle:
+    """The part of a `VendorProfile` that is the same on all of a vendor's scanners."""
+
     coil_elements: tuple[str, ...]
     coil_manufacturer: str
     study_description: str
+
+
+@dataclass(frozen=True)
+class VendorProfile(_HouseStyle, _Scanner):
+    """Equipment and wording one vendor's scanner writes into every series of an exam: the scanner's fields,
+    then the vendor's, then the parallel imaging factor."""
+
     parallel_factor: float
+
+
+#: (scanner at 2 T and above, scanner below 2 T) of each software line; "siemens-xa" writes Enhanced MR.
+_SCANNERS: dict[str, tuple[_Scanner, _Scanner]] = {
+    "siemens-xa": (
+        _Scanner("Siemens Healthineers", "MAGNETOM Prisma Fit", "syngo MR XA30", "AWP66012", "166012", "HeadNeck_64"),
+        _Scanner("Siemens Healthineers", "MAGNETOM Sola", "syngo MR XA31", "AWP45170", "45170", "HeadNeck_20"),
+    ),
+    "siemens": (
+        _Scanner("SIEMENS", "Prisma_fit", "syngo MR E11", "AWP66012", "166012", "HeadNeck_64"),
+        _Scanner("SIEMENS", "Avanto_fit", "syngo MR E11", "AWP45170", "45170", "HeadNeck_20"),
+    ),
+    "ge": (
+        _Scanner("GE MEDICAL SYSTEMS", "DISCOVERY MR750", "DV26.0_R03_1831.b", "GEMRS750", "00000000750MR", "48HN"),
+        _Scanner("GE MEDICAL SYSTEMS", "SIGNA Artist", "RX28.0_R04_2011.a", "GEHCARTIST", "00000000415MR", "HNU"),
+    ),
+    "philips": (
+        _Scanner("Philips", "Ingenia Elition X", "5.7.1\\5.7.1.2", "PHILIPS-7K3GB5L", "45021", "dS_HeadNeck_32ch"),
+        _Scanner(
+            "Philips Medical Systems", "Ingenia", "5.4.1\\5.4.1.0", "PHILIPS-QT6M2R1", "42877", "dS_HeadNeck_20ch"
+        ),
+    ),
+}
+_HOUSE_STYLES: dict[str, _HouseStyle] = {
+    "siemens": _HouseStyle(("HC1", "HC2", "HC3", "HC4", "HC5", "HC6", "HC7", "NC1"), "Siemens", "Neuro^Brain"),
+    "ge": _HouseStyle(tuple(f"Head{i}" for i in range(1, 9)), "GE", "MR BRAIN WWO CONTRAST"),
+    "philips": _HouseStyle(tuple(f"H{i}" for i in range(1, 9)), "Philips", "MR Brain w/wo contrast"),
+}
 
 
 def vendor_profile(vendor: Vendor, field_strength_t: float, output_format: OutputFormat) -> VendorProfile:
@@ -109,53 +150,9 @@ def vendor_profile(vendor: Vendor, field_strength_t: float, output_format: Outpu
     ValueError
         When the vendor is not one of "siemens", "ge", "philips".
     """
-    high_field = field_strength_t >= 2.0
-    enhanced = output_format == "enhanced"
-    if vendor == "siemens":
-        if enhanced:
-            manufacturer = "Siemens Healthineers"
-            model, software = (
-                ("MAGNETOM Prisma Fit", "syngo MR XA30") if high_field else ("MAGNETOM Sola", "syngo MR XA31")
-            )
-        else:
-            manufacturer = "SIEMENS"
-            model, software = ("Prisma_fit", "syngo MR E11") if high_field else ("Avanto_fit", "syngo MR E11")
-        return VendorProfile(
-            manufacturer=manufacturer,
-            model=model,
-            software_versions=software,
-            station_name="AWP66012" if high_field else "AWP45170",
-            device_serial_number="166012" if high_field else "45170",
-            receive_coil="HeadNeck_64" if high_field else "HeadNeck_20",
-            coil_elements=("HC1", "HC2", "HC3", "HC4", "HC5", "HC6", "HC7", "NC1"),
-            coil_manufacturer="Siemens",
-            study_description="Neuro^Brain",
-            parallel_factor=2.0,
-        )
-    if vendor == "ge":
-        return VendorProfile(
-            manufacturer="GE MEDICAL SYSTEMS",
-            model="DISCOVERY MR750" if high_field else "SIGNA Artist",
-            software_versions="DV26.0_R03_1831.b" if high_field else "RX28.0_R04_2011.a",
-            station_name="GEMRS750" if high_field else "GEHCARTIST",
-            device_serial_number="00000000750MR" if high_field else "00000000415MR",
-            receive_coil="48HN" if high_field else "HNU",
-            coil_elements=tuple(f"Head{i}" for i in range(1, 9)),
-            coil_manufacturer="GE",
-            study_description="MR BRAIN WWO CONTRAST",
-            parallel_factor=2.0,
-        )
-    if vendor == "philips":
-        return VendorProfile(
-            manufacturer="Philips" if high_field else "Philips Medical Systems",
-            model="Ingenia Elition X" if high_field else "Ingenia",
-            software_versions="5.7.1\\5.7.1.2" if high_field else "5.4.1\\5.4.1.0",
-            station_name="PHILIPS-7K3GB5L" if high_field else "PHILIPS-QT6M2R1",
-            device_serial_number="45021" if high_field else "42877",
-            receive_coil="dS_HeadNeck_32ch" if high_field else "dS_HeadNeck_20ch",
-            coil_elements=tuple(f"H{i}" for i in range(1, 9)),
-            coil_manufacturer="Philips",
-            study_description="MR Brain w/wo contrast",
-            parallel_factor=2.0,
-        )
-    raise ValueError(f"Unknown vendor flavour {vendor!r}. Expected one of 'siemens', 'ge', 'philips'.")
+    if vendor not in _HOUSE_STYLES:
+        raise ValueError(f"Unknown vendor flavour {vendor!r}. Expected one of 'siemens', 'ge', 'philips'.")
+    line = "siemens-xa" if vendor == "siemens" and output_format == "enhanced" else vendor
+    high_field, low_field = _SCANNERS[line]
+    scanner = high_field if field_strength_t >= 2.0 else low_field
+    return VendorProfile(**asdict(scanner), **asdict(_HOUSE_STYLES[vendor]), parallel_factor=2.0)

@@ -1,0 +1,156 @@
+"""Training checkpoints: what one holds, saving it atomically, reading it back, resuming a run exactly, and
+starting a run from the weights of another (a checkpoint or a model folder)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.networks import NetworkConfig
+from training.train_config import TrainConfig, network_config
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "checkpoint_state",
+    "initialize_from",
+    "load_checkpoint",
+    "resume_from",
+    "save_checkpoint",
+    "save_step",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+def checkpoint_state(
+    config: TrainConfig,
+    *,
+    step: int,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    history: dict[str, Any],
+    gamma_ratios: Mapping[str, float],
+    timing: Mapping[str, float],
+    devices: list[str],
+) -> dict[str, Any]:
+    """Everything a run needs to continue bit-identically after ``step`` optimizer steps (CPU runs)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "step": step,
+        "identity": config.identity(),
+        "network_config": network_config(config).to_dict(),
+        "network": network.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+        "gamma_ratios": dict(gamma_ratios),
+        "timing": dict(timing),
+        "devices": devices,
+    }
+
+
+def save_checkpoint(path: Path, state: Mapping[str, Any]) -> Path:
+    """torch.save atomically (a crash never leaves a truncated checkpoint under the final name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".pt", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(dict(state), temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_step(folder: Path, state: Mapping[str, Any]) -> Path:
+    """Save ``state`` as ``step_NNNNNNN.pt`` and as ``last.pt`` in ``folder``; return the path of ``last.pt``."""
+    save_checkpoint(folder / f"step_{state['step']:07d}.pt", state)
+    return save_checkpoint(folder / "last.pt", state)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by ``train``.
+
+    Raises
+    ------
+    ValueError
+        When the file is not a GadSynth checkpoint of the current format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a GadSynth training checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def _check_resumable(state: Mapping[str, Any], config: TrainConfig, path: Path) -> None:
+    saved, wanted = state["identity"], config.identity()
+    differences = [f"{k}: checkpoint {saved.get(k)!r}, now {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k]]
+    if differences:
+        raise ValueError(f"cannot resume from {path}: the run differs in " + "; ".join(differences))
+
+
+def resume_from(
+    path: Path,
+    config: TrainConfig,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
+    """Load a checkpoint of the same run into the network, optimizer, scheduler and torch's RNG; return it (the
+    caller takes the history, the sampler's gamma ratios, the timing and the step from it).
+
+    Raises
+    ------
+    ValueError
+        When the file is not a checkpoint, or ``config`` differs from the checkpointed run's ``identity()``.
+    """
+    state = load_checkpoint(path)
+    _check_resumable(state, config, Path(path))
+    network.load_state_dict(state["network"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
+def initialize_from(network: torch.nn.Module, wanted: NetworkConfig, source: Path) -> None:
+    """Load starting weights from a checkpoint or a model folder whose network is exactly ``wanted``.
+
+    Raises
+    ------
+    ValueError
+        When the source is missing, records another network, or its weights cannot be read.
+    """
+    from training.model_folder import network_from_folder, recorded_network_config
+    from training.networks import config_from_dict
+
+    if source.is_dir():
+        loaded, weights = network_from_folder(source)
+        if weights != "model.onnx":
+            raise ValueError(f"--init-from {source}: no weights to start from ({weights})")
+        recorded = config_from_dict(recorded_network_config(source) or {}).to_dict()
+        state = loaded.state_dict()
+    else:
+        checkpoint = load_checkpoint(source)
+        recorded, state = checkpoint["network_config"], checkpoint["network"]
+    if recorded != wanted.to_dict():
+        raise ValueError(
+            f"--init-from {source}: its network is {recorded}, this run trains {wanted.to_dict()} "
+            "(pass the same --model, --width, --depth and --embedding-dim)"
+        )
+    network.load_state_dict(state)
+    logger.info("initialized the network from %s", source)

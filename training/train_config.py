@@ -1,0 +1,235 @@
+"""What defines a training run: ``TrainConfig``, the network it trains and the manifest its samples are made for."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from operators.model_manifest import ModelManifest
+from training.datasets import PatchSettings, PhantomVariation
+from training.losses import PAPER_MARGIN, LossConfig, LossKind
+from training.manifests import build_manifest, differential_manifest_fields, direct_manifest_fields
+from training.networks import (
+    LOW_DOSE_DIRECT_INPUTS,
+    DifferentialUNetConfig,
+    DirectUNetConfig,
+    NetworkConfig,
+)
+
+__all__ = [
+    "DEFAULT_WORK_ROOT",
+    "ModelKind",
+    "TrainConfig",
+    "manifest_fields",
+    "network_config",
+    "preprocessing_manifest",
+]
+
+logger = logging.getLogger(__name__)
+
+ModelKind = Literal["differential", "direct", "zerodose"]
+_MODEL_KINDS: tuple[str, ...] = ("differential", "direct", "zerodose")
+#: Where runs keep checkpoints and the sample cache unless told otherwise (``/var/`` is git-ignored).
+DEFAULT_WORK_ROOT = Path("var") / "train"
+_PLACEHOLDER_SHA256 = "0" * 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that defines a training run (the fields in ``identity()`` must match to resume).
+
+    Parameters
+    ----------
+    model:
+        ``differential`` (Pinetz et al.), ``direct`` (Bone et al., T1 pre + low-dose) or ``zerodose``
+        (T1 pre, T2, FLAIR).
+    out:
+        The model folder to export to at the end (``models/NAME``; NAME becomes the manifest name).
+    steps, batch, patch:
+        Optimizer steps, patches per step, patch edge in voxels.
+    data, val:
+        ``--data`` specs for training and held-out validation (no validation when empty).
+    lr, lr_min:
+        Adam learning rate, annealed to ``lr_min`` with a cosine over ``steps`` (paper: 1e-4 to 1e-6).
+    loss:
+        Loss kind; None = the paper's weighted Huber for ``differential``, L2 (Bone et al.) for the others.
+    margin:
+        Voxels ignored at each patch face in the loss (paper: 8).
+    seed:
+        Seeds the network initialization, the subject order and every patch draw.
+    threads:
+        torch intra-op threads.
+    checkpoint_every, val_every:
+        Steps between checkpoints / validation (a checkpoint and a validation also come at the end).
+    val_per_subject:
+        Fixed validation patches per held-out subject.
+    width, depth, embedding_dim:
+        Network size overrides (base width, scales / levels, condition embedding); None = defaults.
+    variation:
+        How phantom subjects vary.
+    patches:
+        Patch sampling (size is taken from ``patch``).
+    work_dir, cache_dir:
+        Checkpoints and history; cached samples (default ``var/train/<name>`` and ``var/train/cache``).
+    version:
+        Model version written to the manifest.
+    overwrite:
+        Replace a non-empty model folder at the end.
+    progress:
+        Show a tqdm progress bar.
+    init_from:
+        Start from these weights instead of a random initialization: a checkpoint of a run with the same network,
+        or a model folder (weights read back from its model.onnx), e.g. to fine-tune a shipped model on a site's
+        own studies. Part of ``identity()``.
+    device:
+        ``cpu``, ``cuda`` or ``auto`` (CUDA when available). Not part of ``identity()``: a run trained on a GPU
+        resumes (or exports) on a CPU; only CPU runs resume bit-identically.
+    """
+
+    model: ModelKind = "differential"
+    out: Path
+    steps: int = 1000
+    batch: int = 2
+    patch: int = 64
+    data: tuple[str, ...] = ("phantom:0-199",)
+    val: tuple[str, ...] = ("phantom:5000-5003",)
+    lr: float = 1e-4
+    lr_min: float = 1e-6
+    loss: LossKind | None = None
+    margin: int = PAPER_MARGIN
+    seed: int = 0
+    threads: int = 1
+    checkpoint_every: int = 100
+    val_every: int = 100
+    val_per_subject: int = 2
+    width: int | None = None
+    depth: int | None = None
+    embedding_dim: int | None = None
+    variation: PhantomVariation = field(default_factory=PhantomVariation)
+    patches: PatchSettings | None = None
+    work_dir: Path | None = None
+    cache_dir: Path | None = None
+    version: str = "0.1.0"
+    overwrite: bool = False
+    progress: bool = True
+    init_from: Path | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.model not in _MODEL_KINDS:
+            raise ValueError(f"--model must be one of {list(_MODEL_KINDS)}; found {self.model!r}")
+        for name in ("steps", "batch", "patch", "threads", "checkpoint_every", "val_every", "val_per_subject"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; found {getattr(self, name)}")
+        if not 0 < self.lr_min <= self.lr:
+            raise ValueError(f"learning rates must satisfy 0 < lr_min <= lr; found lr={self.lr}, lr_min={self.lr_min}")
+        if self.margin < 0 or 2 * self.margin >= self.patch:
+            raise ValueError(f"margin {self.margin} leaves nothing of a {self.patch}-voxel patch")
+        if not self.data:
+            raise ValueError("at least one --data source is needed")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise ValueError(f"--device must be cpu, cuda[:N] or auto; found {self.device!r}")
+        patches = self.patches or PatchSettings()
+        object.__setattr__(self, "patches", dataclasses.replace(patches, size=(self.patch,) * 3))
+        divisor = network_config(self).spatial_divisor
+        if self.model != "differential" and self.patch % divisor:
+            raise ValueError(f"--patch {self.patch} must be a multiple of {divisor} (2**levels) for the direct U-Net")
+
+    @property
+    def name(self) -> str:
+        """Model name (the output folder's name)."""
+        return Path(self.out).name
+
+    @property
+    def loss_config(self) -> LossConfig:
+        kind: LossKind = self.loss or ("weighted_huber" if self.model == "differential" else "l2")
+        return LossConfig(kind=kind, margin=self.margin)
+
+    @property
+    def work(self) -> Path:
+        return Path(self.work_dir) if self.work_dir else DEFAULT_WORK_ROOT / self.name
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else DEFAULT_WORK_ROOT / "cache"
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the training trajectory: a resumed run must agree on all of it."""
+        patches = self.patches or PatchSettings()
+        return {
+            "model": self.model,
+            "network": network_config(self).to_dict(),
+            "steps": self.steps,
+            "batch": self.batch,
+            "data": list(self.data),
+            "lr": self.lr,
+            "lr_min": self.lr_min,
+            "loss": self.loss_config.to_dict(),
+            "seed": self.seed,
+            "variation": self.variation.to_dict(),
+            "patches": patches.to_dict(),
+            "init_from": None if self.init_from is None else str(self.init_from),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (training record)."""
+        return {
+            **self.identity(),
+            "val": list(self.val),
+            "val_per_subject": self.val_per_subject,
+            "threads": self.threads,
+            "checkpoint_every": self.checkpoint_every,
+            "val_every": self.val_every,
+            "out": str(self.out),
+            "version": self.version,
+            "device": self.device,
+        }
+
+    def torch_device(self) -> torch.device:
+        """The device to train on (``auto``: CUDA when torch sees one)."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: torch {torch.__version__} sees no CUDA device here")
+        return torch.device(self.device)
+
+
+def network_config(config: TrainConfig) -> NetworkConfig:
+    """The network a run trains (defaults: the 15 s CPU budget size of each network)."""
+    sizes: dict[str, Any] = {}
+    if config.model == "differential":
+        if config.width is not None:
+            sizes["base_width"] = config.width
+        if config.depth is not None:
+            sizes["scales"] = config.depth
+        if config.embedding_dim is not None:
+            sizes["embedding_dim"] = config.embedding_dim
+        return DifferentialUNetConfig(**sizes)
+    if config.width is not None:
+        sizes["base_width"] = config.width
+    if config.depth is not None:
+        sizes["levels"] = config.depth
+    if config.model == "zerodose":
+        return DirectUNetConfig.zero_dose(**sizes)
+    return DirectUNetConfig(inputs=LOW_DOSE_DIRECT_INPUTS, **sizes)
+
+
+def manifest_fields(config: TrainConfig, network: NetworkConfig, gamma: float) -> dict[str, Any]:
+    """Manifest fields (all but sha256) of the model a run exports, with the noise scale ``gamma``."""
+    if isinstance(network, DifferentialUNetConfig):
+        return differential_manifest_fields(
+            name=config.name, version=config.version, gamma=gamma, spatial_divisor=network.spatial_divisor
+        )
+    return direct_manifest_fields(
+        name=config.name, version=config.version, inputs=network.inputs, spatial_divisor=network.spatial_divisor
+    )
+
+
+def preprocessing_manifest(config: TrainConfig) -> ModelManifest:
+    """The manifest the training samples are preprocessed for: the exported model's, before gamma and sha256."""
+    return build_manifest(manifest_fields(config, network_config(config), 1.0), _PLACEHOLDER_SHA256)
