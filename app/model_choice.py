@@ -29,11 +29,15 @@ class ModelRule:
         Roles the study must have. A model's own ``required_roles`` (from its manifest) are required too.
     models:
         Model folder names, most preferred first.
+    without_contrast:
+        The row is only for studies without any contrast: a study with a post-contrast series that is not a
+        usable low-dose T1 (broken, mislabelled, the standard dose only) is refused rather than sent to it.
     """
 
     name: str
     roles: tuple[Role, ...]
     models: tuple[str, ...]
+    without_contrast: bool = False
 
 
 #: The automatic choice, row by row: the low-dose models when a low-dose T1 exists (the trained differential
@@ -42,7 +46,7 @@ class ModelRule:
 #: A model named in the settings (``--model-name``, ``gadsynth run --model``, ``GADSYNTH_MODEL``) skips this table.
 MODEL_RULES: tuple[ModelRule, ...] = (
     ModelRule("low-dose", (Role.T1_PRE, Role.T1_LOW_DOSE), ("ce-lowdose-v1", "ce-baseline-linear")),
-    ModelRule("zero-dose", (Role.T1_PRE, Role.T2, Role.FLAIR), ("ce-zerodose-v1",)),
+    ModelRule("zero-dose", (Role.T1_PRE, Role.T2, Role.FLAIR), ("ce-zerodose-v1",), without_contrast=True),
 )
 
 NAMED_REASON = "named in the settings (--model-name, gadsynth run --model or GADSYNTH_MODEL)"
@@ -142,6 +146,27 @@ def _not_eligible(selection: Selection, models_dir: Path, candidates: list[Model
     )
 
 
+def _contrast_without_low_dose(selection: Selection, rule: ModelRule, model: str) -> NoMatchingSeriesError:
+    """The study had contrast but no usable low-dose T1: never quietly fall back to a model made for no contrast."""
+    decisions = {d.series_instance_uid: d for d in selection.decisions}
+    lines = []
+    for uid in selection.contrast_series:
+        d = decisions[uid]
+        what = f"role {d.role.value}" if d.role else "; ".join(d.reasons[:2]) or "no role"
+        lines.append(f"#{d.series_number} {d.description!r} ({uid}): {what}")
+    unused = [uid for uid in selection.contrast_series if decisions[uid].role is None]
+    return NoMatchingSeriesError(
+        f"Study {selection.study.study_instance_uid} had contrast but has no usable low-dose T1, and {model} "
+        f"({rule.name}) is made for studies without contrast, so it is not run. Post-contrast series: "
+        f"{'; '.join(lines)}. Send the complete low-dose T1 (with its dose in the headers or the request), or "
+        "name the model to run.",
+        series_instance_uid=(unused or selection.contrast_series)[0],
+        attribute="t1_low_dose",
+        expected="a usable low-dose T1, or a study without contrast for the zero-dose model",
+        found=f"{len(selection.contrast_series)} post-contrast series, none usable as the low-dose T1",
+    )
+
+
 def choose_by_roles(selection: Selection, models_dir: Path) -> ModelChoice:
     """Pick the model by the roles a study has, following :data:`MODEL_RULES` (a stage after series selection).
 
@@ -197,6 +222,11 @@ def choose_by_roles(selection: Selection, models_dir: Path) -> ModelChoice:
             selection.study.study_instance_uid,
             _roles_text(list(selection.roles)),
         )
+        return ModelChoice(manifest=None, info=info, selection=selection, error=error)
+    if chosen_rule.without_contrast and selection.contrast_series:
+        error = _contrast_without_low_dose(selection, chosen_rule, chosen.name)
+        info = ModelChoiceInfo(reason=str(error), roles_found=roles_found, candidates=candidates)
+        logger.warning("study %s: %s", selection.study.study_instance_uid, error)
         return ModelChoice(manifest=None, info=info, selection=selection, error=error)
     passed = [_why_passed(c) for c in candidates if not c.chosen]
     reason = f"{chosen_rule.name} study: it has {_roles_text(chosen_rule.roles)}" + (

@@ -48,10 +48,13 @@ def _select_series(pipeline: Pipeline, job: Job) -> None:
     )
     job.results.selection = selection
     job.results.contrast = selection.contrast
+    for warning in selection.warnings:
+        job.warn(warning)
 
 
 def _choose_model(pipeline: Pipeline, job: Job) -> None:
     from operators.series_selector import require_roles
+    from operators.study_checks import check_series_consistency
 
     selection = _need(job.results.selection, "selection")
     request = job.request
@@ -65,6 +68,7 @@ def _choose_model(pipeline: Pipeline, job: Job) -> None:
     job.results.choice = choice
     manifest = choice.require()
     require_roles(selection, _roles(manifest, request), pipeline.rules)
+    check_series_consistency(selection, _roles(manifest, request))
     logger.info(
         "job %s: model %s %s (sha256 %s): %s",
         job.job_id,

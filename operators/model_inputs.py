@@ -11,8 +11,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from operators.brain_mask import BrainMask
+from operators.contrast import field_strength
 from operators.direct_normalization import direct_strategy
 from operators.errors import InputDicomError, describe_series
+from operators.fast_header import raw_text
 from operators.model_manifest import ConditionFeature, ModelManifest, NormalizationKind
 from operators.normalization import DifferentialNormalization
 from operators.registration import RegisteredStudy
@@ -74,9 +76,11 @@ def _field_strength(volumes: dict[Role, Volume], contrast: dict[Role, ContrastIn
         if info.field_strength_t:
             return float(info.field_strength_t)
     for volume in volumes.values():
-        value = volume.series.first.get("MagneticFieldStrength") if volume.series.instances else None
-        if value:
-            return float(value)
+        if not volume.series.instances:
+            continue
+        tesla, _ = field_strength({"MagneticFieldStrength": raw_text(volume.series.first, 0x00180087)})
+        if tesla is not None:
+            return tesla
     return None
 
 

@@ -70,6 +70,7 @@ class _Selector:
         self.failures: dict[str, list[str]] = {s.series_instance_uid: [] for s in study.series}
         self.roles: dict[Role, Series] = {}
         self.contrast_info: dict[Role, ContrastInfo] = {}
+        self.warnings: list[str] = []
         self._mark_after_contrast()
 
     def _mark_after_contrast(self) -> None:
@@ -102,6 +103,8 @@ class _Selector:
             roles=dict(self.roles),
             decisions=[self.decisions[s.series_instance_uid] for s in self.study.series],
             contrast=dict(self.contrast_info),
+            contrast_series=[uid for uid, f in self.features.items() if f["ContrastBolusAgent"]],
+            warnings=list(self.warnings),
         )
 
     def _exclude(self) -> list[Series]:
@@ -302,6 +305,8 @@ class _Selector:
             requested_agent=self.agent,
             requested_field_strength_t=self.field_strength_t,
             rules=self.contrast,
+            series=c.series,
+            warnings=self.warnings,
         )
         for line in notes:
             self.note(c.series, line)

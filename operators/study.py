@@ -132,6 +132,10 @@ class Selection:
     roles: dict[Role, Series]
     decisions: list[SeriesDecision]
     contrast: dict[Role, ContrastInfo] = field(default_factory=dict)
+    #: Series whose headers say a contrast agent was given (ContrastBolusAgent), whatever role they got.
+    contrast_series: list[str] = field(default_factory=list)
+    #: Things report.json must show (values read from the headers that could not be used as they were).
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

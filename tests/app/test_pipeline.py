@@ -5,18 +5,20 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from scipy import ndimage
 
 from app.app import run_map
 from app.config import load_settings
 from app.model_choice import named_choice
-from app.pipeline import STAGE_NAMES, STAGES, Pipeline, PipelineRequest, StageResults
+from app.pipeline import STAGE_NAMES, STAGES, Pipeline, PipelineRequest, PipelineResult, StageResults
 from operators.model_manifest import ModelManifest
 from operators.roles import Role
 from operators.study import ContrastInfo, Volume
@@ -197,3 +199,59 @@ class TestConstruction:
         bad.write_text(json.dumps({"selections": []}))
         with pytest.raises(ValueError, match="selections"):
             Pipeline(load_settings(selection_rules=bad))
+
+
+def _mutated(study: PhantomStudy, root: Path, role: str, change: Callable[[Dataset, int], None]) -> Path:
+    """A copy of a phantom study whose ``role`` series files are changed by ``change(ds, index)``."""
+    target = root / "dicom"
+    shutil.copytree(study.dicom_dir, target)
+    folder = target / study.series[role].directory.name
+    for index, path in enumerate(sorted(folder.glob("*.dcm"))):
+        ds = dcmread(path)
+        change(ds, index)
+        ds.save_as(path)
+    return target
+
+
+class TestRefusedStudies:
+    """Series that cannot belong together, or a study with contrast but no usable low dose, are refused (exit 2)."""
+
+    def _run(self, pipeline: Pipeline, study_dir: Path, out: Path) -> PipelineResult:
+        result = pipeline.run(PipelineRequest(study_dir=study_dir, output_dir=out))
+        assert result.exit_code == 2, result.report.error
+        assert not list(out.rglob("*.dcm"))
+        error = result.report.error
+        assert error is not None and error.attribute and error.expected and error.found and error.series_instance_uid
+        return result
+
+    def test_low_dose_of_another_patient(self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path) -> None:
+        def other_patient(ds: Dataset, index: int) -> None:
+            ds.PatientID = "SOMEONE-ELSE-4711"
+
+        study = _mutated(studies[1], tmp_path, "t1_low_dose", other_patient)
+        result = self._run(pipeline, study, tmp_path / "out")
+        error = result.report.error
+        assert error is not None and error.attribute == "PatientID"
+        assert error.series_instance_uid == studies[1].series["t1_low_dose"].series_instance_uid
+        assert "SOMEONE-ELSE-4711" not in json.dumps(result.report.model_dump(mode="json"))  # never the IDs
+
+    def test_low_dose_that_is_not_mr(self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path) -> None:
+        def ct(ds: Dataset, index: int) -> None:
+            ds.Modality = "CT"
+
+        result = self._run(pipeline, _mutated(studies[1], tmp_path, "t1_low_dose", ct), tmp_path / "out")
+        assert result.report.error is not None and result.report.error.attribute in {"Modality", "t1_low_dose"}
+
+    def test_contrast_without_a_usable_low_dose_is_not_sent_to_the_zero_dose_model(
+        self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path
+    ) -> None:
+        target = tmp_path / "dicom"
+        shutil.copytree(studies[1].dicom_dir, target)
+        low = target / studies[1].series["t1_low_dose"].directory.name
+        for path in sorted(low.glob("*.dcm"))[1:]:  # one slice left: the selector excludes it
+            path.unlink()
+        result = self._run(pipeline, target, tmp_path / "out")
+        error = result.report.error
+        assert error is not None and error.attribute == "t1_low_dose"
+        assert "made for studies without contrast" in error.message
+        assert result.report.model is None
