@@ -115,6 +115,10 @@ class Job:
     failed_stage: str | None = None
     #: Every stage that was handed this job, run or skipped (the MAP checks that its graph reached them all).
     visited: list[str] = field(default_factory=list)
+    #: Where the writers put this job's files until it has succeeded (inside the output folder).
+    staging: Path | None = None
+    #: False when the output folder was refused: an earlier run's report.json there is never overwritten.
+    may_write_report: bool = True
 
     @property
     def failed(self) -> bool:

@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.config import Settings
@@ -130,7 +131,7 @@ class Pipeline:
         into report.json's status and exit code.
         """
         job.visited.append(stage.name)
-        if job.failed or getattr(job.results, stage.output) is not None:
+        if job.failed or (stage.output and getattr(job.results, stage.output) is not None):
             return
         started = time.perf_counter()
         try:
@@ -151,11 +152,14 @@ class Pipeline:
         from app.report_builder import REPORT_NAME, build_report
         from operators.writers.report import write_report
 
+        folder = job.request.output_dir
+        if job.staging is not None and folder is not None:
+            self._settle_outputs(job, folder)
         report = build_report(job)
-        if job.request.output_dir is not None:
-            report.outputs.append(OutputEntry(kind=OutputKind.REPORT, path=str(job.request.output_dir / REPORT_NAME)))
-            job.request.output_dir.mkdir(parents=True, exist_ok=True)
-            write_report(report, job.request.output_dir / REPORT_NAME)
+        if folder is not None and job.may_write_report:
+            report.outputs.append(OutputEntry(kind=OutputKind.REPORT, path=str(folder / REPORT_NAME)))
+            folder.mkdir(parents=True, exist_ok=True)
+            write_report(report, folder / REPORT_NAME)
         if report.status == ReportStatus.OK:
             logger.info("job %s: done in %.1f s", job.job_id, sum(job.timings.values()))
         return PipelineResult(
@@ -165,6 +169,34 @@ class Pipeline:
             error=job.error,
             failed_stage=job.failed_stage,
         )
+
+    @staticmethod
+    def _settle_outputs(job: Job, folder: Path) -> None:
+        """Move a successful job's staged files into the output folder; drop a failed job's."""
+        from app.outputs import discard, publish
+
+        staging = job.staging
+        if staging is None:
+            return
+        job.staging = None
+        if job.failed:
+            discard(staging)
+            job.results.written, job.results.preview = None, None
+            return
+        try:
+            publish(staging, folder)
+        except OSError as exc:
+            discard(staging)
+            job.error, job.failed_stage = exc, "publish_outputs"
+            job.results.written, job.results.preview = None, None
+            logger.exception("job %s: the outputs could not be moved into %s", job.job_id, folder)
+            return
+        prefix = str(staging)
+        for entry in job.results.written or []:
+            if entry.path.startswith(prefix):
+                entry.path = str(folder) + entry.path[len(prefix) :]
+        if job.results.preview is not None:
+            job.results.preview = folder / job.results.preview.name
 
     def run(self, request: PipelineRequest, given: StageResults | None = None) -> PipelineResult:
         """Run one study through the stages the request asks for; never raises for a bad study.

@@ -22,6 +22,16 @@ logger = logging.getLogger(__name__)
 PREVIEW_NAME = "preview.png"
 
 
+def _prepare_output(pipeline: Pipeline, job: Job) -> None:
+    from app.outputs import OutputFolderError, prepare_output
+
+    try:
+        job.staging = prepare_output(_final_output_dir(job), job.job_id)
+    except OutputFolderError:
+        job.may_write_report = False
+        raise
+
+
 def _load_study(pipeline: Pipeline, job: Job) -> None:
     from operators.study_loader import load_study
 
@@ -171,6 +181,7 @@ def _write_preview(pipeline: Pipeline, job: Job) -> None:
 
 #: The pipeline, stage by stage (ARCHITECTURE.md). Every front door runs this list and no other.
 STAGES: tuple[Stage, ...] = (
+    Stage("prepare_output", "", _prepare_output, when=lambda request: request.output_dir is not None),
     Stage("load_study", "study", _load_study),
     Stage("select_series", "selection", _select_series),
     Stage("choose_model", "choice", _choose_model),
@@ -198,7 +209,12 @@ def _roles(manifest: ModelManifest, request: PipelineRequest) -> tuple[Role, ...
     return tuple(roles)
 
 
-def _output_dir(job: Job) -> Path:
+def _final_output_dir(job: Job) -> Path:
     if job.request.output_dir is None:
         raise RuntimeError("This request has no output folder; it cannot run the writing stages.")
     return job.request.output_dir
+
+
+def _output_dir(job: Job) -> Path:
+    """Where the writers put files: the job's staging folder (moved into place when the job succeeds)."""
+    return job.staging if job.staging is not None else _final_output_dir(job)

@@ -73,7 +73,7 @@ class TestOnePipelineManyStudies:
         assert results.selection is not None and Role.T1_LOW_DOSE in results.selection.roles
         assert results.volumes is not None and set(results.volumes) == {Role.T1_PRE, Role.T1_LOW_DOSE}
         assert results.normalized is not None and results.prediction is None
-        assert set(result.report.timings_s) == set(STAGE_NAMES[: STAGE_NAMES.index("normalize") + 1])
+        assert list(result.report.timings_s) == list(STAGE_NAMES[1 : STAGE_NAMES.index("normalize") + 1])
 
     def test_request_overrides_the_model(self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path) -> None:
         request = PipelineRequest(study_dir=studies[1].dicom_dir, output_dir=tmp_path, model="ce-baseline-linear")
@@ -83,7 +83,7 @@ class TestOnePipelineManyStudies:
         assert result.report.model is not None and result.report.model.name == "ce-baseline-linear"
 
     def test_unknown_stage_is_refused(self, pipeline: Pipeline) -> None:
-        with pytest.raises(ValueError, match=r"Unknown stage 'nope'\. Stages: load_study, select_series"):
+        with pytest.raises(ValueError, match=r"Unknown stage 'nope'\. Stages: prepare_output, load_study"):
             pipeline.stages(PipelineRequest(study_dir=None, last_stage="nope"))
 
 
@@ -146,6 +146,7 @@ class TestMap:
 class TestStageListIsWrittenOnce:
     def test_stage_order(self) -> None:
         assert STAGE_NAMES == (
+            "prepare_output",
             "load_study",
             "select_series",
             "choose_model",
@@ -158,7 +159,7 @@ class TestStageListIsWrittenOnce:
             "write_dicom",
             "preview",
         )
-        assert len({stage.output for stage in STAGES}) == len(STAGES)
+        assert len({stage.output for stage in STAGES}) == len(STAGES)  # each stage fills its own result
 
     def test_no_front_door_calls_the_stage_functions_itself(self) -> None:
         """Only app/stages.py calls the stage functions; every other module goes through the Pipeline.
@@ -255,3 +256,53 @@ class TestRefusedStudies:
         assert error is not None and error.attribute == "t1_low_dose"
         assert "made for studies without contrast" in error.message
         assert result.report.model is None
+
+
+class TestOutputFolder:
+    """Outputs appear all at once or not at all; an earlier run's results are never overwritten."""
+
+    def test_non_empty_folder_is_refused_and_left_as_it_was(
+        self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path
+    ) -> None:
+        (tmp_path / "report.json").write_text('{"earlier": "run"}')
+        result = pipeline.run(PipelineRequest(study_dir=studies[1].dicom_dir, output_dir=tmp_path))
+        assert result.exit_code == 2
+        assert result.failed_stage == "prepare_output"
+        assert result.report.error is not None and result.report.error.attribute == "output"
+        assert "1 entries (report.json)" in result.report.error.found
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+        assert json.loads((tmp_path / "report.json").read_text()) == {"earlier": "run"}
+
+    def test_path_under_a_file_is_refused(
+        self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path
+    ) -> None:
+        (tmp_path / "a-file").write_text("")
+        result = pipeline.run(PipelineRequest(study_dir=studies[1].dicom_dir, output_dir=tmp_path / "a-file" / "out"))
+        assert result.exit_code == 2 and result.report.error is not None
+        assert result.report.error.expected == "a folder this process can write"
+
+    def test_a_failing_writer_leaves_only_report_json(
+        self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The SEG writer fails after the synthetic series was written: no series is left behind."""
+        import operators.dicom_writer as dicom_writer
+
+        def broken_seg(*args: object, **kwargs: object) -> Path:
+            raise ValueError("'0000' is not a valid PatientSexValues")
+
+        monkeypatch.setattr(dicom_writer, "write_enhancement_seg", broken_seg)
+        result = pipeline.run(PipelineRequest(study_dir=studies[1].dicom_dir, output_dir=tmp_path, preview=True))
+        assert result.exit_code == 1 and result.failed_stage == "write_dicom"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert report["failed_stage"] == "write_dicom"
+        assert [o["kind"] for o in report["outputs"]] == ["report"]
+
+    def test_success_moves_everything_into_place(
+        self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path
+    ) -> None:
+        result = pipeline.run(PipelineRequest(study_dir=studies[1].dicom_dir, output_dir=tmp_path, preview=True))
+        assert result.exit_code == 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["preview.png", "report.json", "seg", "synthetic_t1c"]
+        for entry in result.report.outputs:
+            assert Path(entry.path).exists() and ".gadsynth-partial-" not in entry.path
