@@ -9,15 +9,20 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from operators.direct_normalization import direct_strategy
 from operators.inference import Prediction
 from operators.model_inputs import NormalizedInputs
 from operators.model_manifest import NormalizationKind, OutputMeaning, OutputScale
 
-__all__ = ["SyntheticResult", "contrast_signal", "enhancement_mask", "postprocess"]
+__all__ = ["BRAIN_MARGIN_MM", "SyntheticResult", "brain_region", "contrast_signal", "enhancement_mask", "postprocess"]
 
 logger = logging.getLogger(__name__)
+
+#: How far beyond the brain mask the synthetic contrast may reach (the atlas mask can miss a little cortex, dura
+#: and the vessels on the surface); beyond it the synthetic image is the source image.
+BRAIN_MARGIN_MM = 5.0
 
 _MAD_TO_SIGMA = 1.0 / 0.6744897501960817
 
@@ -144,8 +149,31 @@ def _image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
+def _spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
+    x, y, z = image.GetSpacing()
+    return float(z), float(y), float(x)
+
+
+def brain_region(brain: np.ndarray, spacing_zyx: tuple[float, float, float], margin_mm: float) -> np.ndarray:
+    """The brain mask grown by ``margin_mm`` (Euclidean distance in mm, computed on the mask's bounding box)."""
+    region = np.zeros(brain.shape, dtype=bool)
+    if not brain.any():
+        return region
+    pad = [int(np.ceil(margin_mm / s)) + 1 for s in spacing_zyx]
+    box = tuple(
+        slice(max(0, int(idx.min()) - p), min(n, int(idx.max()) + p + 1))
+        for idx, p, n in zip(np.nonzero(brain), pad, brain.shape, strict=True)
+    )
+    distance = ndimage.distance_transform_edt(~brain[box], sampling=spacing_zyx)
+    region[box] = distance <= margin_mm
+    return region
+
+
 def postprocess(prediction: Prediction, normalized: NormalizedInputs) -> SyntheticResult:
     """Turn the model output into the synthetic images and the enhancement mask, on t1_pre's grid and scale.
+
+    The contrast signal is kept only inside the brain mask grown by :data:`BRAIN_MARGIN_MM`: outside it (scalp,
+    face, neck, the first and last slices) the synthetic image is the pre-contrast image, voxel for voxel.
 
     Raises
     ------
@@ -155,13 +183,14 @@ def postprocess(prediction: Prediction, normalized: NormalizedInputs) -> Synthet
     started = time.perf_counter()
     manifest = normalized.manifest
     post = manifest.postprocess
-    y = contrast_signal(prediction, normalized)
+    region = brain_region(normalized.brain, _spacing_zyx(normalized.reference), BRAIN_MARGIN_MM)
+    y = np.where(region, contrast_signal(prediction, normalized), np.float32(0.0))
     synthetic = normalized.x_pc + y
     beyond = normalized.x_ld + y if normalized.x_ld is not None else None
     if post.clip_negative:
-        np.maximum(synthetic, 0.0, out=synthetic)
+        np.copyto(synthetic, np.maximum(synthetic, 0.0), where=region)
         if beyond is not None:
-            np.maximum(beyond, 0.0, out=beyond)
+            np.copyto(beyond, np.maximum(beyond, 0.0), where=region)
     mask, threshold, sigma, source = enhancement_mask(
         y,
         normalized.brain,

@@ -271,8 +271,12 @@ def _compare(old: object, new: object, path: str, problems: list[str]) -> None:
 
 
 class TestSameAsBefore:
-    """The single-pipeline redesign (issue 9) changed no output: the golden files come from the code before it
-    (commit 8cb402f), `gadsynth run` on this phantom (seed 11, small) with --preview, on this machine's CPU."""
+    """Regression lock on the outputs of this phantom (seed 11, small), `gadsynth run` on this machine's CPU.
+
+    The report golden comes from the code before the single-pipeline redesign (commit 8cb402f): the redesign
+    changed no pixel. The pixel golden was regenerated once since, when the synthetic image was made to equal
+    the source outside the grown brain mask (issue 10): every voxel that changed then became the source's value.
+    """
 
     def test_pixel_data_is_byte_for_byte_the_same(self, map_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
         out, result = map_run

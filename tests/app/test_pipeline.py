@@ -306,3 +306,35 @@ class TestOutputFolder:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["preview.png", "report.json", "seg", "synthetic_t1c"]
         for entry in result.report.outputs:
             assert Path(entry.path).exists() and ".gadsynth-partial-" not in entry.path
+
+
+class TestOutsideTheBrain:
+    def test_synthetic_equals_the_source_outside_the_grown_brain_mask(
+        self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path
+    ) -> None:
+        from operators.postprocess import BRAIN_MARGIN_MM, brain_region
+
+        result = pipeline.run(PipelineRequest(study_dir=studies[1].dicom_dir, output_dir=tmp_path))
+        assert result.exit_code == 0
+        normalized = result.results.normalized
+        assert normalized is not None
+        spacing = tuple(float(v) for v in reversed(normalized.reference.GetSpacing()))
+        region = brain_region(normalized.brain, spacing, BRAIN_MARGIN_MM)
+        assert 0.05 < region.mean() < 0.8  # a head, not the whole field of view
+        sources = {ds.SOPInstanceUID: ds for ds in map(dcmread, studies[1].series["t1_pre"].directory.glob("*.dcm"))}
+        volume = result.results.volumes[Role.T1_PRE] if result.results.volumes else None
+        assert volume is not None
+        index = {ref.sop_instance_uid: k for k, ref in enumerate(volume.slices)}
+        outside_voxels = 0
+        for path in sorted((tmp_path / "synthetic_t1c").glob("*.dcm")):
+            out = dcmread(path)
+            uid = out.SourceImageSequence[0].ReferencedSOPInstanceUID
+            source, k = sources[uid], index[uid]
+            outside = ~region[k]
+            synthetic, original = (
+                ds.pixel_array * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+                for ds in (out, source)
+            )
+            np.testing.assert_allclose(synthetic[outside], original[outside], rtol=0, atol=1e-6)
+            outside_voxels += int(outside.sum())
+        assert outside_voxels > 0
