@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         help="Model sub-folder to run (default: chosen by the roles the study has; see app/model_choice.py).",
     )
     parser.add_argument("--preview", action="store_true", help="Also write preview.png.")
+    parser.add_argument("--study", default=None, help="StudyInstanceUID to process when the input holds several.")
     parser.add_argument("-l", "--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     output_path = args.output or Path(os.environ.get("HOLOSCAN_OUTPUT_PATH", "output"))
     from app.runner import run_study
 
-    report = run_study(input_path, output_path, settings=settings, preview=args.preview)
+    report = run_study(input_path, output_path, settings=settings, preview=args.preview, study_instance_uid=args.study)
     return report.exit_code
 
 

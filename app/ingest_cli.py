@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from operators.errors import InputDicomError
+from operators.errors import InputDicomError, MultipleStudiesError
 from operators.study import Series, Study
 
 __all__ = ["inspect", "inspect_study", "register", "to_nifti", "write_niftis"]
@@ -32,10 +32,13 @@ def _geometry(features: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def inspect_study(study_dir: Path, *, rules: Path | None = None) -> dict[str, Any]:
+def inspect_study(
+    study_dir: Path, *, rules: Path | None = None, study_instance_uid: str | None = None
+) -> dict[str, Any]:
     """Load a study, select roles and describe every series (role or why none, and geometry) as a dict.
 
-    Runs the pipeline's own first two stages (``load_study``, ``select_series``).
+    Runs the pipeline's own first two stages (``load_study``, ``select_series``); ``study_instance_uid`` names
+    the study when the folder holds several.
 
     Raises
     ------
@@ -47,7 +50,8 @@ def inspect_study(study_dir: Path, *, rules: Path | None = None) -> dict[str, An
     from operators.series_features import series_features
 
     overrides = {} if rules is None else {"selection_rules": rules}
-    result = Pipeline(load_settings(**overrides)).run(PipelineRequest(study_dir=study_dir, last_stage="select_series"))
+    request = PipelineRequest(study_dir=study_dir, study_instance_uid=study_instance_uid, last_stage="select_series")
+    result = Pipeline(load_settings(**overrides)).run(request)
     if result.error is not None:
         raise result.error
     study, selection = result.results.study, result.results.selection
@@ -114,15 +118,24 @@ def inspect(
         Path | None, typer.Option("--rules", help="Selection rules (JSON / YAML) instead of the default.")
     ] = None,
 ) -> None:
-    """Print each series with its number, description, role (or why none) and geometry."""
+    """Print each series with its number, description, role (or why none) and geometry; every study in the folder
+    (with --json, a folder of several studies gives {"studies": [...]})."""
     try:
-        report = inspect_study(study_dir, rules=rules)
+        try:
+            reports = [inspect_study(study_dir, rules=rules)]
+            several = False
+        except MultipleStudiesError as exc:
+            reports = [inspect_study(study_dir, rules=rules, study_instance_uid=uid) for uid in exc.study_instance_uids]
+            several = True
     except InputDicomError as exc:
         raise _fail(exc) from None
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    typer.echo(json.dumps(report, indent=2) if as_json else _text_report(report))
+    if as_json:
+        typer.echo(json.dumps({"studies": reports} if several else reports[0], indent=2))
+    else:
+        typer.echo("\n\n".join(_text_report(report) for report in reports))
 
 
 def _nifti_name(series: Series, taken: set[str]) -> str:

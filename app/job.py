@@ -38,6 +38,8 @@ class PipelineRequest:
         Folder of DICOM files holding one study (searched recursively).
     output_dir:
         Where the DICOM outputs, report.json and the preview go; None only for runs that stop before writing.
+    study_instance_uid:
+        Which study to process when the folder holds several (None: the folder must hold one MR study).
     model:
         Model folder name; None: the settings' model, else the automatic choice by the roles the study has.
     manifest:
@@ -61,6 +63,7 @@ class PipelineRequest:
 
     study_dir: Path | None
     output_dir: Path | None = None
+    study_instance_uid: str | None = None
     model: str | None = None
     manifest: ModelManifest | None = None
     doses: Mapping[Role, float] = field(default_factory=dict)

@@ -19,6 +19,9 @@ def run(
     preview: bool = typer.Option(False, "--preview", help="Also write preview.png (a few slices with the overlay)."),
     secondary_capture: bool = typer.Option(False, "--sc", help="Also write a multi-frame Secondary Capture."),
     beyond_dose: bool = typer.Option(False, "--beyond-dose", help="Also write the beyond-standard-dose series."),
+    study: str | None = typer.Option(
+        None, "--study", help="StudyInstanceUID to process when IN_DIR holds several (gadsynth inspect lists them)."
+    ),
 ) -> None:
     """Synthesize a contrast-enhanced T1 series from IN_DIR into OUT_DIR.
 
@@ -36,7 +39,7 @@ def run(
         overrides["model"] = model
     if models_dir:
         overrides["models_dir"] = models_dir
-    report = run_study(in_dir, out_dir, settings=load_settings(**overrides), preview=preview)
+    report = run_study(in_dir, out_dir, settings=load_settings(**overrides), preview=preview, study_instance_uid=study)
     if report.exit_code == 0:
         typer.echo(f"Outputs in {out_dir} (report: {out_dir / 'report.json'})")
     else:

@@ -22,6 +22,7 @@ def run_study(
     settings: Settings,
     job_id: str | None = None,
     preview: bool = False,
+    study_instance_uid: str | None = None,
 ) -> PipelineReport:
     """Run the MAP once on a study; always write ``output_path/report.json``; return the report.
 
@@ -32,5 +33,11 @@ def run_study(
     from app.app import run_map  # Holoscan is imported only when a run happens
 
     pipeline = Pipeline(settings)
-    request = PipelineRequest(study_dir=input_path, output_dir=output_path, job_id=job_id, preview=preview)
+    request = PipelineRequest(
+        study_dir=input_path,
+        output_dir=output_path,
+        job_id=job_id,
+        preview=preview,
+        study_instance_uid=study_instance_uid,
+    )
     return run_map(pipeline, request).report

@@ -40,7 +40,7 @@ def _load_study(pipeline: Pipeline, job: Job) -> None:
         raise InputDicomError(
             f"Input folder {folder} does not exist.", attribute="input", expected="a folder", found="nothing"
         )
-    job.results.study = load_study(folder)
+    job.results.study = load_study(folder, study_instance_uid=job.request.study_instance_uid)
 
 
 def _select_series(pipeline: Pipeline, job: Job) -> None:

@@ -91,7 +91,9 @@ class UnsupportedImageError(InputDicomError):
 
 
 class MultipleStudiesError(InputDicomError):
-    """The input folder holds more than one study and none was named."""
+    """The input folder holds more than one study and none was named (``study_instance_uids`` lists them)."""
+
+    study_instance_uids: list[str] = []  # noqa: RUF012 - set per instance by the loader
 
 
 class RegistrationError(InputDicomError):

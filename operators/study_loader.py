@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections import defaultdict
 from collections.abc import Iterable
@@ -45,13 +46,25 @@ _READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, TypeError, Key
 
 
 def _iter_files(root: Path) -> Iterable[Path]:
-    """Every regular file under `root` (or `root` itself), in a deterministic order."""
+    """Every regular file under `root` (or `root` itself), in a deterministic order.
+
+    Symbolic links to folders are followed (as dcm2niix does: PACS exports and study archives use them), each real
+    folder once, so a link back up the tree cannot loop.
+    """
     if root.is_file():
         yield root
         return
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            yield path
+    seen: set[str] = set()
+    found: list[Path] = []
+    for folder, folders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders.sort()
+        found.extend(Path(folder) / name for name in files if (Path(folder) / name).is_file())
+    yield from sorted(found)
 
 
 def _looks_like_raw_dataset(path: Path) -> bool:
@@ -291,13 +304,15 @@ def load_study(path: Path, *, study_instance_uid: str | None = None, progress: b
         )
     if len(mr_studies) > 1:
         uids = [s.study_instance_uid for s in mr_studies]
-        raise MultipleStudiesError(
-            f"{path} holds {len(uids)} MR studies ({', '.join(uids)}): put one study per folder "
-            "or name the study to use.",
+        error = MultipleStudiesError(
+            f"{path} holds {len(uids)} MR studies ({', '.join(uids)}): put one study per folder, or name the "
+            "study to use (gadsynth run --study UID, python -m app --study UID; gadsynth inspect lists them).",
             attribute="StudyInstanceUID",
             expected="one study",
             found=", ".join(uids),
         )
+        error.study_instance_uids = uids
+        raise error
     for other in studies:
         if other is not mr_studies[0]:
             logger.info("Ignored study %s: no MR image series", other.study_instance_uid)

@@ -338,3 +338,24 @@ class TestOutsideTheBrain:
             np.testing.assert_allclose(synthetic[outside], original[outside], rtol=0, atol=1e-6)
             outside_voxels += int(outside.sum())
         assert outside_voxels > 0
+
+
+class TestFolders:
+    def test_symlinked_studies_are_followed_and_one_is_named(
+        self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path
+    ) -> None:
+        (tmp_path / "in").mkdir()
+        for index, study in enumerate(studies):
+            (tmp_path / "in" / f"link{index}").symlink_to(study.dicom_dir, target_is_directory=True)
+        (tmp_path / "in" / "loop").symlink_to(tmp_path / "in", target_is_directory=True)  # never followed twice
+        request = PipelineRequest(study_dir=tmp_path / "in", last_stage="select_series")
+        refused = pipeline.run(request)
+        assert refused.exit_code == 2 and refused.report.error is not None
+        assert refused.report.error.error == "MultipleStudiesError"
+        assert "--study UID" in refused.report.error.message
+        uid = str(dcmread(next(studies[1].series["t1_pre"].directory.glob("*.dcm"))).StudyInstanceUID)
+        named = pipeline.run(
+            PipelineRequest(study_dir=tmp_path / "in", study_instance_uid=uid, last_stage="select_series")
+        )
+        assert named.exit_code == 0 and named.report.study_instance_uid == uid
+        assert named.results.selection is not None and Role.T1_LOW_DOSE in named.results.selection.roles
