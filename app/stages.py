@@ -155,6 +155,7 @@ def _write_dicom(pipeline: Pipeline, job: Job) -> None:
     registered = _need(results.registered, "registered")
     synthetic = _need(results.synthetic, "synthetic")
     manifest = results.manifest
+    notes: list[str] = []
     written = write_outputs(
         registered.reference,
         synthetic.synthetic,
@@ -164,7 +165,10 @@ def _write_dicom(pipeline: Pipeline, job: Job) -> None:
         enhancement_mask=synthetic.mask,
         synthetic_plus=synthetic.beyond,
         other_sources=[v.series for role, v in registered.volumes.items() if role != Role.T1_PRE],
+        warnings=notes,
     )
+    for note in notes:
+        job.warn(note)
     results.written = written
 
 

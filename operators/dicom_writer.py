@@ -21,6 +21,7 @@ from operators.writers import (
     write_synthetic_series,
 )
 from operators.writers.content import SOFTWARE_NAME
+from operators.writers.header_cleaning import clean_volume
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +65,14 @@ def write_outputs(
     enhancement_mask: np.ndarray | None = None,
     synthetic_plus: sitk.Image | None = None,
     other_sources: Sequence[Series] = (),
+    warnings: list[str] | None = None,
 ) -> list[OutputEntry]:
     """Write every DICOM output of one run into ``out_dir`` and list them for report.json.
 
     Writes the synthetic series (always), the beyond-standard-dose series (when given and enabled), the
-    enhancement SEG (when a mask is given) and the Secondary Capture (when enabled).
+    enhancement SEG (when a mask is given) and the Secondary Capture (when enabled). The source headers are
+    cleaned first (:func:`operators.writers.header_cleaning.clean_volume`): invalid values are written empty and
+    named in ``warnings``.
 
     Raises
     ------
@@ -77,6 +81,9 @@ def write_outputs(
     """
     settings = settings or WriterSettings()
     out_dir = Path(out_dir)
+    source, notes = clean_volume(source)
+    if warnings is not None:
+        warnings.extend(notes)
     outputs: list[OutputEntry] = []
 
     files = write_synthetic_series(
@@ -86,9 +93,7 @@ def write_outputs(
         series_number=settings.synthetic_series_number,
         series_description=settings.synthetic_series_description,
         other_sources=other_sources,
-        model_name=model.name,
-        model_version=model.version,
-        model_sha256=model.sha256,
+        model=model,
     )
     outputs.append(_entry(OutputKind.SYNTHETIC_SERIES, out_dir / SYNTHETIC_DIR, files, MRImageStorage))
 
@@ -100,9 +105,7 @@ def write_outputs(
             series_number=settings.beyond_dose_series_number,
             series_description=f"SYNTHETIC T1+C BEYOND DOSE ({SOFTWARE_NAME} {model.name})"[:64],
             other_sources=other_sources,
-            model_name=model.name,
-            model_version=model.version,
-            model_sha256=model.sha256,
+            model=model,
         )
         outputs.append(_entry(OutputKind.SYNTHETIC_PLUS_SERIES, out_dir / SYNTHETIC_PLUS_DIR, files, MRImageStorage))
 
@@ -112,9 +115,7 @@ def write_outputs(
             enhancement_mask,
             out_dir / SEG_FILE,
             series_number=settings.seg_series_number,
-            model_name=model.name,
-            model_version=model.version,
-            model_sha256=model.sha256,
+            model=model,
         )
         outputs.append(_entry(OutputKind.SEGMENTATION, path, [path], SegmentationStorage))
 
@@ -125,9 +126,7 @@ def write_outputs(
             out_dir / SC_FILE,
             series_number=settings.sc_series_number,
             burn_in=settings.burn_in_sc_label,
-            model_name=model.name,
-            model_version=model.version,
-            model_sha256=model.sha256,
+            model=model,
         )
         outputs.append(
             _entry(OutputKind.SECONDARY_CAPTURE, path, [path], MultiFrameGrayscaleWordSecondaryCaptureImageStorage)

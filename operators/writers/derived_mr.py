@@ -138,9 +138,7 @@ def write_synthetic_series(
     out_dir: Path,
     *,
     series_number: int,
-    model_name: str,
-    model_version: str,
-    model_sha256: str,
+    model: ModelIdentity,
     series_description: str | None = None,
     series_instance_uid: str | None = None,
     other_sources: Sequence[Series] = (),
@@ -163,7 +161,7 @@ def write_synthetic_series(
         Folder for the series; created if missing and must not already hold DICOM files.
     series_number:
         SeriesNumber of the new series (configured, never random).
-    model_name, model_version, model_sha256:
+    model:
         The model that produced the image (Contributing Equipment, DerivationDescription, ImageComments).
     series_description:
         Defaults to ``SYNTHETIC T1+C (GadSynth <model>)``; must contain the word "synthetic".
@@ -188,7 +186,6 @@ def write_synthetic_series(
     InputDicomError
         When the source's pixel format or geometry cannot be reproduced (see ``pixel_format``, ``slice_geometry``).
     """
-    model = ModelIdentity(model_name, model_version, model_sha256)
     description = series_description if series_description is not None else default_series_description(model.name)
     check_series_options(series_number, description)
     label = series_label(source)

@@ -109,9 +109,7 @@ def write_secondary_capture(
     out_path: Path,
     *,
     series_number: int,
-    model_name: str,
-    model_version: str,
-    model_sha256: str,
+    model: ModelIdentity,
     series_description: str | None = None,
     series_instance_uid: str | None = None,
     burn_in: bool = True,
@@ -135,7 +133,7 @@ def write_secondary_capture(
         File to write; its folder is created.
     series_number:
         SeriesNumber of the SC series (configured, never random).
-    model_name, model_version, model_sha256:
+    model:
         The model that produced the image.
     series_description:
         Defaults to ``SYNTHETIC T1+C SC (GadSynth <model>)``; must say "synthetic".
@@ -157,7 +155,6 @@ def write_secondary_capture(
         When the series number or description is invalid, the model identity is invalid, or the synthetic image
         is not on the source grid or has non-finite values.
     """
-    model = ModelIdentity(model_name, model_version, model_sha256)
     description = series_description if series_description is not None else default_sc_description(model.name)
     check_series_options(series_number, description)
     label = series_label(source)

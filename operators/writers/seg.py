@@ -75,9 +75,7 @@ def write_enhancement_seg(
     out_path: Path,
     *,
     series_number: int,
-    model_name: str,
-    model_version: str,
-    model_sha256: str,
+    model: ModelIdentity,
     series_description: str | None = None,
     series_instance_uid: str | None = None,
     omit_empty_frames: bool = True,
@@ -98,7 +96,7 @@ def write_enhancement_seg(
         File to write; its folder is created.
     series_number:
         SeriesNumber of the SEG series (configured, never random).
-    model_name, model_version, model_sha256:
+    model:
         The model that produced the prediction (algorithm identification and Contributing Equipment).
     series_description:
         Defaults to ``PREDICTED ENHANCEMENT SEG (GadSynth <model>)``.
@@ -120,7 +118,6 @@ def write_enhancement_seg(
         When the mask's shape differs from the volume's, the series number is out of range, the model identity
         is invalid, or the slices come from more than one multi-frame instance (highdicom references exactly one).
     """
-    model = ModelIdentity(model_name, model_version, model_sha256)
     label = series_label(source)
     description = series_description or default_seg_description(model.name)
     check_series_options(series_number, description, must_say_synthetic=False)

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from pydicom import Dataset, dcmread
+from pydicom import Dataset, config, dcmread
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from scipy import ndimage
 
 from app.app import run_map
@@ -359,3 +361,83 @@ class TestFolders:
         )
         assert named.exit_code == 0 and named.report.study_instance_uid == uid
         assert named.results.selection is not None and Role.T1_LOW_DOSE in named.results.selection.roles
+
+
+#: (SpecificCharacterSet, PatientName, StudyDescription) as real sites write them.
+CHARACTER_SETS = [
+    ("ISO_IR 192", "山田^太郎", "Kopf MRT Ü 頭部"),
+    (["ISO 2022 IR 13", "ISO 2022 IR 87"], "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎", "頭部 MRI"),
+    (["ISO 2022 IR 6", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎", "MRI"),
+    (["", "ISO 2022 IR 149"], "Hong^Gildong=홍^길동", "뇌 MRI"),
+    ("GB18030", "Wang^XiaoDong=王^小东", "头部 MRI"),
+    ("ISO_IR 100", "Müller^Jürgen", "Schädel MRT"),
+    ("ISO_IR 999", "Smith^John", "Head MRI"),
+]
+
+
+def _dciodvfy_errors(dciodvfy: str, path: Path) -> list[str]:
+    import subprocess
+
+    result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+class TestRealHeaders:
+    """Studies from sites in other languages and with invalid patient fields run end to end; outputs stay valid."""
+
+    @pytest.mark.parametrize(("charset", "name", "description"), CHARACTER_SETS, ids=lambda v: str(v)[:20])
+    def test_character_sets(
+        self,
+        pipeline: Pipeline,
+        studies: list[PhantomStudy],
+        tmp_path: Path,
+        dciodvfy: str,
+        monkeypatch: pytest.MonkeyPatch,
+        charset: str | list[str],
+        name: str,
+        description: str,
+    ) -> None:
+        target = tmp_path / "dicom"
+        shutil.copytree(studies[1].dicom_dir, target)
+        # a site's writer, not ours: its values are not validated (pydicom would refuse an unknown character set)
+        monkeypatch.setattr(config.settings, "reading_validation_mode", config.IGNORE)
+        for path in target.rglob("*.dcm"):
+            ds = dcmread(path)
+            ds[0x00080005] = DataElement(0x00080005, "CS", charset, validation_mode=config.IGNORE)
+            if charset == "ISO_IR 999":  # pydicom cannot encode for an unknown set: the bytes, as a site sends them
+                ds[0x00100010] = DataElement(0x00100010, "PN", name.encode("latin-1"), validation_mode=config.IGNORE)
+            else:
+                ds.PatientName = name
+            ds.StudyDescription = description
+            ds.save_as(path)
+        monkeypatch.setattr(config.settings, "reading_validation_mode", config.RAISE)
+        result = pipeline.run(PipelineRequest(study_dir=target, output_dir=tmp_path / "out"))
+        assert result.exit_code == 0, result.report.error
+        first = sorted((tmp_path / "out" / "synthetic_t1c").glob("*.dcm"))[0]
+        seg = tmp_path / "out" / "seg" / "enhancement_seg.dcm"
+        for path in (first, seg):
+            assert _dciodvfy_errors(dciodvfy, path) == [], path
+            assert str(dcmread(path).PatientName) == name
+        if charset == "ISO_IR 999":
+            assert any("UTF-8" in w for w in result.report.warnings)
+
+    def test_invalid_patient_fields(
+        self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path, dciodvfy: str
+    ) -> None:
+        target = tmp_path / "dicom"
+        shutil.copytree(studies[1].dicom_dir, target)
+        broken = {"PatientSex": "0000", "PatientBirthDate": "***", "PatientAge": "old", "StudyDescription": "x" * 300}
+        for path in target.rglob("*.dcm"):
+            ds = dcmread(path)
+            for keyword, value in broken.items():
+                tag = tag_for_keyword(keyword)
+                ds[tag] = DataElement(tag, dictionary_VR(tag), value, validation_mode=config.IGNORE)
+            ds.save_as(path)
+        result = pipeline.run(PipelineRequest(study_dir=target, output_dir=tmp_path / "out"))
+        assert result.exit_code == 0, result.report.error
+        seg = tmp_path / "out" / "seg" / "enhancement_seg.dcm"
+        for path in [*sorted((tmp_path / "out" / "synthetic_t1c").glob("*.dcm"))[:3], seg]:
+            assert _dciodvfy_errors(dciodvfy, path) == [], path
+        (warning,) = [w for w in result.report.warnings if "left empty" in w]
+        assert all(keyword in warning for keyword in broken)
+        assert "0000" not in warning and "***" not in warning

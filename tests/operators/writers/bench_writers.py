@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from operators.writers import write_enhancement_seg, write_secondary_capture, write_synthetic_series
+from operators.writers.content import ModelIdentity
 from tests.operators.writers._sources import load_volume, synthetic_from, write_classic_series
 
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    model = {"model_name": "bench", "model_version": "1", "model_sha256": hashlib.sha256(b"bench").hexdigest()}
+    model = {"model": ModelIdentity("bench", "1", hashlib.sha256(b"bench").hexdigest())}
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         write_classic_series(root / "src", signed=False, n_slices=args.slices, rows=args.size, columns=args.size)

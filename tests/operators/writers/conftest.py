@@ -20,9 +20,9 @@ def model() -> ModelIdentity:
 
 
 @pytest.fixture(scope="session")
-def model_kwargs(model: ModelIdentity) -> dict[str, str]:
-    """The model keyword arguments every writer takes."""
-    return {"model_name": model.name, "model_version": model.version, "model_sha256": model.sha256}
+def model_kwargs(model: ModelIdentity) -> dict[str, ModelIdentity]:
+    """The model keyword argument every writer takes."""
+    return {"model": model}
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from operators.writers import ModelIdentity, write_synthetic_series
 from tests.operators.writers._sources import dciodvfy_errors, load_volume, read_every_element, synthetic_from
 
 
-def _write(source: Volume, out: Path, model_kwargs: dict[str, str], **options: object) -> list[Path]:
+def _write(source: Volume, out: Path, model_kwargs: dict, **options: object) -> list[Path]:
     options.setdefault("series_number", 9001)
     return write_synthetic_series(source, synthetic_from(source), out, **model_kwargs, **options)  # type: ignore[arg-type]
 
@@ -64,7 +64,7 @@ def _rescale(ref: SliceRef) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def written(
-    source: Volume, tmp_path_factory: pytest.TempPathFactory, model_kwargs: dict[str, str]
+    source: Volume, tmp_path_factory: pytest.TempPathFactory, model_kwargs: dict
 ) -> tuple[Volume, list[Dataset]]:
     """The synthetic series of each source, written once per module (tests only read it)."""
     paths = _write(source, tmp_path_factory.mktemp("syn") / "syn", model_kwargs)
@@ -109,9 +109,7 @@ class TestGeometry:
             assert float(ds.SliceThickness) == pytest.approx(thickness)
             assert (ds.Rows, ds.Columns) == (ref.dataset.Rows, ref.dataset.Columns)
 
-    def test_rebuilt_volume_has_the_source_grid(
-        self, source: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_rebuilt_volume_has_the_source_grid(self, source: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         _write(source, tmp_path / "syn", model_kwargs)
         rebuilt = load_volume(tmp_path / "syn")
         assert rebuilt.image.GetSize() == source.image.GetSize()
@@ -139,9 +137,7 @@ class TestReferences:
 
 
 class TestPixels:
-    def test_values_round_trip_in_the_source_format(
-        self, source: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_values_round_trip_in_the_source_format(self, source: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         paths = _write(source, tmp_path / "syn", model_kwargs)
         first_out, first_in = pydicom.dcmread(paths[0]), source.slices[0].dataset
         for keyword in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PhotometricInterpretation"):
@@ -156,7 +152,7 @@ class TestPixels:
         np.testing.assert_allclose(rebuilt, expected, atol=1e-3)
 
     def test_values_beyond_the_stored_range_are_clipped(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
+        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict
     ) -> None:
         bright = synthetic_from(classic_uint16, gain=3.0, offset=0.0)
         paths = write_synthetic_series(classic_uint16, bright, tmp_path / "syn", series_number=1, **model_kwargs)
@@ -201,7 +197,7 @@ class TestLabelling:
         assert [i.Manufacturer for i in acquisition] == [source.slices[0].dataset.Manufacturer]
 
     def test_configured_number_and_description(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
+        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict
     ) -> None:
         paths = _write(
             classic_uint16, tmp_path / "syn", model_kwargs, series_number=42, series_description="Synthetic T1 post"
@@ -218,7 +214,7 @@ class TestValidity:
             assert errors == []
 
     def test_plain_source_gives_no_warnings(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str], dciodvfy: str
+        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict, dciodvfy: str
     ) -> None:
         paths = _write(classic_uint16, tmp_path / "syn", model_kwargs)
         assert dciodvfy_errors(dciodvfy, paths[0]) == ([], [])
@@ -239,26 +235,20 @@ class TestValidity:
 
 
 class TestErrors:
-    def test_series_number_must_be_an_int(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_series_number_must_be_an_int(self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         with pytest.raises(TypeError, match=r"series_number must be an int\. Found str"):
             _write(classic_uint16, tmp_path, model_kwargs, series_number="9001")
 
-    def test_series_number_must_be_in_range(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_series_number_must_be_in_range(self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         with pytest.raises(ValueError, match=r"between 0 and 2\*\*31-1\. Found -1"):
             _write(classic_uint16, tmp_path, model_kwargs, series_number=-1)
 
-    def test_description_must_say_synthetic(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_description_must_say_synthetic(self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         with pytest.raises(ValueError, match=r"must say that the series is synthetic\. Found 'T1 post'"):
             _write(classic_uint16, tmp_path, model_kwargs, series_description="T1 post")
 
     def test_description_must_fit_a_long_string(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
+        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict
     ) -> None:
         with pytest.raises(ValueError, match="at most 64 characters"):
             _write(classic_uint16, tmp_path, model_kwargs, series_description="SYNTHETIC " + "x" * 60)
@@ -270,22 +260,18 @@ class TestErrors:
                 synthetic_from(classic_uint16),
                 tmp_path,
                 series_number=1,
-                model_name="m",
-                model_version="1",
-                model_sha256="abc",
+                model=ModelIdentity("m", "1", "abc"),
             )
 
     def test_synthetic_must_lie_on_the_source_grid(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
+        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict
     ) -> None:
         shifted = synthetic_from(classic_uint16)
         shifted.SetOrigin(tuple(v + 1.0 for v in shifted.GetOrigin()))
         with pytest.raises(ValueError, match=r"must lie on the grid of series .*: origin"):
             write_synthetic_series(classic_uint16, shifted, tmp_path, series_number=1, **model_kwargs)
 
-    def test_synthetic_must_be_finite(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_synthetic_must_be_finite(self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         array = sitk.GetArrayFromImage(synthetic_from(classic_uint16))
         array[0, 0, :3] = np.nan
         broken = sitk.GetImageFromArray(array)
@@ -294,14 +280,14 @@ class TestErrors:
             write_synthetic_series(classic_uint16, broken, tmp_path, series_number=1, **model_kwargs)
 
     def test_refuses_a_folder_that_holds_dicom(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
+        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict
     ) -> None:
         _write(classic_uint16, tmp_path / "syn", model_kwargs)
         with pytest.raises(ValueError, match="already holds DICOM files"):
             _write(classic_uint16, tmp_path / "syn", model_kwargs)
 
     def test_source_without_position_is_an_input_error(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
+        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict
     ) -> None:
         broken = copy.copy(classic_uint16)
         header = copy.deepcopy(classic_uint16.slices[2].dataset)
@@ -314,9 +300,7 @@ class TestErrors:
         assert not any((tmp_path / "syn").glob("*.dcm"))  # checked before the first file is written
         assert caught.value.series_instance_uid == classic_uint16.series.series_instance_uid
 
-    def test_colour_source_is_an_input_error(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_colour_source_is_an_input_error(self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         header = copy.deepcopy(classic_uint16.slices[0].dataset)
         header.SamplesPerPixel = 3
         header.PhotometricInterpretation = "RGB"

@@ -65,7 +65,7 @@ def _phantom_source(folder: Path, vendor: str, output_format: str) -> Volume:
 @pytest.mark.parametrize("vendor", ["siemens", "ge", "philips"])
 class TestPhantomVendors:
     def test_every_output_is_clean(
-        self, vendor: str, output_format: str, tmp_path: Path, model_kwargs: dict[str, str], dciodvfy: str
+        self, vendor: str, output_format: str, tmp_path: Path, model_kwargs: dict, dciodvfy: str
     ) -> None:
         source = _phantom_source(tmp_path / "src", vendor, output_format)
         mask = sitk.GetArrayFromImage(source.image) > 2500
@@ -80,7 +80,7 @@ class TestPhantomVendors:
             assert dciodvfy_errors(dciodvfy, path) == ([], []), path.name
 
     def test_synthetic_series_keeps_the_grid(
-        self, vendor: str, output_format: str, tmp_path: Path, model_kwargs: dict[str, str]
+        self, vendor: str, output_format: str, tmp_path: Path, model_kwargs: dict
     ) -> None:
         source = _phantom_source(tmp_path / "src", vendor, output_format)
         write_synthetic_series(source, synthetic_from(source), tmp_path / "mr", series_number=1, **model_kwargs)

@@ -17,7 +17,7 @@ from operators.writers.sc import burn_in_label, patient_orientation
 from tests.operators.writers._sources import dciodvfy_errors, read_every_element, synthetic_from
 
 
-def _write(source: Volume, path: Path, model_kwargs: dict[str, str], **options: object) -> pydicom.Dataset:
+def _write(source: Volume, path: Path, model_kwargs: dict, **options: object) -> pydicom.Dataset:
     options.setdefault("series_number", 9004)
     written = write_secondary_capture(source, synthetic_from(source), path, **model_kwargs, **options)  # type: ignore[arg-type]
     return pydicom.dcmread(written)
@@ -29,25 +29,25 @@ def _real_world(ds: pydicom.Dataset) -> np.ndarray:
 
 class TestValidity:
     def test_dciodvfy_reports_no_errors(
-        self, source: Volume, tmp_path: Path, model_kwargs: dict[str, str], dciodvfy: str
+        self, source: Volume, tmp_path: Path, model_kwargs: dict, dciodvfy: str
     ) -> None:
         _write(source, tmp_path / "sc.dcm", model_kwargs)
         errors, _ = dciodvfy_errors(dciodvfy, tmp_path / "sc.dcm")
         assert errors == []
 
     def test_plain_source_gives_no_warnings(
-        self, source: Volume, tmp_path: Path, model_kwargs: dict[str, str], dciodvfy: str
+        self, source: Volume, tmp_path: Path, model_kwargs: dict, dciodvfy: str
     ) -> None:
         _write(source, tmp_path / "sc.dcm", model_kwargs)
         _, warnings = dciodvfy_errors(dciodvfy, tmp_path / "sc.dcm")
         # The only warning allowed is the real XA30 data's one-component PatientName, copied as it is.
         assert [w for w in warnings if "Retired Person Name form" not in w] == []
 
-    def test_every_element_reads_strictly(self, source: Volume, tmp_path: Path, model_kwargs: dict[str, str]) -> None:
+    def test_every_element_reads_strictly(self, source: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         _write(source, tmp_path / "sc.dcm", model_kwargs)
         read_every_element(tmp_path / "sc.dcm")
 
-    def test_highdicom_reads_every_frame(self, source: Volume, tmp_path: Path, model_kwargs: dict[str, str]) -> None:
+    def test_highdicom_reads_every_frame(self, source: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         ds = _write(source, tmp_path / "sc.dcm", model_kwargs)
         image = hd.imread(tmp_path / "sc.dcm")
         assert image.number_of_frames == len(source.slices) == int(ds.NumberOfFrames)
@@ -57,7 +57,7 @@ class TestValidity:
 
 class TestLabelling:
     def test_header_says_synthetic(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str], model: ModelIdentity
+        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict, model: ModelIdentity
     ) -> None:
         ds = _write(classic_uint16, tmp_path / "sc.dcm", model_kwargs)
         assert ds.ConversionType == "SYN"
@@ -70,17 +70,13 @@ class TestLabelling:
         assert ds.StudyInstanceUID == classic_uint16.slices[0].dataset.StudyInstanceUID
         assert ds.PatientID == classic_uint16.slices[0].dataset.PatientID
 
-    def test_references_every_source_slice_in_order(
-        self, enhanced: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_references_every_source_slice_in_order(self, enhanced: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         ds = _write(enhanced, tmp_path / "sc.dcm", model_kwargs)
         refs = [(i.ReferencedSOPInstanceUID, i.ReferencedFrameNumber) for i in ds.SourceImageSequence]
         assert refs == [(ref.sop_instance_uid, ref.frame_number) for ref in enhanced.slices]
         assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == enhanced.series.series_instance_uid
 
-    def test_label_is_burned_into_every_frame(
-        self, enhanced: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_label_is_burned_into_every_frame(self, enhanced: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         labelled = _write(enhanced, tmp_path / "labelled.dcm", model_kwargs)
         plain = _write(enhanced, tmp_path / "plain.dcm", model_kwargs, burn_in=False)
         differs = labelled.pixel_array != plain.pixel_array
@@ -90,22 +86,20 @@ class TestLabelling:
         lit = labelled.pixel_array[:, 1:10, 1:56]
         assert set(np.unique(lit)) == {lit.min(), lit.max()}
 
-    def test_small_images_keep_their_pixels(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_small_images_keep_their_pixels(self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         labelled = _write(classic_uint16, tmp_path / "labelled.dcm", model_kwargs)
         plain = _write(classic_uint16, tmp_path / "plain.dcm", model_kwargs, burn_in=False)
         np.testing.assert_array_equal(labelled.pixel_array, plain.pixel_array)
 
 
 class TestPixels:
-    def test_real_world_values_round_trip(self, source: Volume, tmp_path: Path, model_kwargs: dict[str, str]) -> None:
+    def test_real_world_values_round_trip(self, source: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         ds = _write(source, tmp_path / "sc.dcm", model_kwargs, burn_in=False)
         expected = sitk.GetArrayFromImage(synthetic_from(source)).astype(np.float64)
         assert float(ds.RescaleSlope) == 1.0
         np.testing.assert_allclose(_real_world(ds), expected, atol=0.5 + 1e-6)
 
-    def test_slice_locations_and_spacing(self, enhanced: Volume, tmp_path: Path, model_kwargs: dict[str, str]) -> None:
+    def test_slice_locations_and_spacing(self, enhanced: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         ds = _write(enhanced, tmp_path / "sc.dcm", model_kwargs)
         spacing = enhanced.image.GetSpacing()
         np.testing.assert_allclose([float(v) for v in ds.SliceLocationVector], np.arange(96) * spacing[2], atol=1e-3)
@@ -132,14 +126,12 @@ class TestHelpers:
 
 
 class TestErrors:
-    def test_description_must_say_synthetic(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_description_must_say_synthetic(self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         with pytest.raises(ValueError, match=r"must say that the series is synthetic\. Found 'T1 SC'"):
             _write(classic_uint16, tmp_path / "sc.dcm", model_kwargs, series_description="T1 SC")
 
     def test_synthetic_must_lie_on_the_source_grid(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
+        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict
     ) -> None:
         other = sitk.Image(5, 5, 5, sitk.sitkFloat32)
         with pytest.raises(ValueError, match=r"size \(5, 5, 5\) != source size \(20, 24, 8\)"):

@@ -42,7 +42,7 @@ def _slice_index(volume: Volume) -> dict[tuple[str, int | None], int]:
 
 @pytest.fixture(scope="module")
 def written(
-    source: Volume, tmp_path_factory: pytest.TempPathFactory, model_kwargs: dict[str, str]
+    source: Volume, tmp_path_factory: pytest.TempPathFactory, model_kwargs: dict
 ) -> tuple[Volume, np.ndarray, Path]:
     """The SEG of each source, written once per module (tests only read it)."""
     mask = _mask(source)
@@ -58,7 +58,7 @@ class TestValidity:
         assert errors == []
 
     def test_plain_source_gives_no_warnings(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str], dciodvfy: str
+        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict, dciodvfy: str
     ) -> None:
         path = write_enhancement_seg(
             classic_uint16, _mask(classic_uint16), tmp_path / "seg.dcm", series_number=1, **model_kwargs
@@ -105,9 +105,7 @@ class TestReferences:
         untouched = set(range(len(source.slices))) - set(slices)
         assert not any(mask[k].any() for k in untouched)
 
-    def test_enhanced_source_frames_are_referenced(
-        self, enhanced: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_enhanced_source_frames_are_referenced(self, enhanced: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         path = write_enhancement_seg(enhanced, _mask(enhanced), tmp_path / "seg.dcm", series_number=1, **model_kwargs)
         sources = _frame_sources(pydicom.dcmread(path))
         assert {uid for uid, _ in sources} == {enhanced.series.instances[0].sop_instance_uid}
@@ -116,7 +114,7 @@ class TestReferences:
 
 class TestEmptyMask:
     def test_empty_mask_gives_a_valid_seg_of_empty_frames(
-        self, source: Volume, tmp_path: Path, model_kwargs: dict[str, str], dciodvfy: str
+        self, source: Volume, tmp_path: Path, model_kwargs: dict, dciodvfy: str
     ) -> None:
         empty = np.zeros_like(_mask(source))
         path = write_enhancement_seg(source, empty, tmp_path / "empty.dcm", series_number=1, **model_kwargs)
@@ -128,7 +126,7 @@ class TestEmptyMask:
 
 
 class TestErrors:
-    def test_mask_must_be_boolean(self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]) -> None:
+    def test_mask_must_be_boolean(self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         with pytest.raises(TypeError, match=r"must be a boolean NumPy array\. Found uint8"):
             write_enhancement_seg(
                 classic_uint16,
@@ -138,9 +136,7 @@ class TestErrors:
                 **model_kwargs,
             )
 
-    def test_mask_must_have_the_volume_shape(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_mask_must_have_the_volume_shape(self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         mask = _mask(classic_uint16).transpose(0, 2, 1)
         with pytest.raises(
             ValueError, match=r"must have shape \(8, 24, 20\) \(slice, row, col\)\. Found \(8, 20, 24\)"
@@ -148,7 +144,7 @@ class TestErrors:
             write_enhancement_seg(classic_uint16, mask, tmp_path / "s.dcm", series_number=1, **model_kwargs)
 
     def test_frames_of_several_multiframe_instances_are_refused(
-        self, enhanced: Volume, tmp_path: Path, model_kwargs: dict[str, str]
+        self, enhanced: Volume, tmp_path: Path, model_kwargs: dict
     ) -> None:
         mixed = copy.copy(enhanced)
         mixed.slices = list(enhanced.slices)
@@ -156,9 +152,7 @@ class TestErrors:
         with pytest.raises(ValueError, match=r"exactly one multi-frame instance; .* come from 2 instances"):
             write_enhancement_seg(mixed, _mask(enhanced), tmp_path / "s.dcm", series_number=1, **model_kwargs)
 
-    def test_series_number_must_be_an_int(
-        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict[str, str]
-    ) -> None:
+    def test_series_number_must_be_an_int(self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         with pytest.raises(TypeError, match=r"series_number must be an int\. Found float"):
             write_enhancement_seg(
                 classic_uint16, _mask(classic_uint16), tmp_path / "s.dcm", series_number=3.0, **model_kwargs
