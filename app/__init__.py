@@ -1,4 +1,5 @@
 """GadSynth application: MAP entry point, command line, service and DICOM node."""
 
-__all__: list[str] = []
-__version__ = "0.1.0"
+from operators import __version__
+
+__all__ = ["__version__"]

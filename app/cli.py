@@ -44,7 +44,7 @@ def _register() -> None:
 
     cli.command("run", help="Run the pipeline once on a study folder (same as python -m app).")(run)
 
-    from app.bench.cli import bench
+    from training.bench.cli import bench
 
     cli.command("bench", help="Speed and memory benchmarks; JSON plus a Markdown table.")(bench)
 

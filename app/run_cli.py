@@ -28,8 +28,10 @@ def run(
     Exit codes: 0 success, 2 the study is not eligible or broken (reason in the log and report.json),
     1 internal error.
     """
+    from pydantic import ValidationError
+
     from app.config import load_settings
-    from app.runner import run_study
+    from app.runner import configuration_error, run_study
 
     overrides: dict[str, object] = {
         "write_secondary_capture": secondary_capture,
@@ -39,7 +41,11 @@ def run(
         overrides["model"] = model
     if models_dir:
         overrides["models_dir"] = models_dir
-    report = run_study(in_dir, out_dir, settings=load_settings(**overrides), preview=preview, study_instance_uid=study)
+    try:
+        settings = load_settings(**overrides)
+    except (ValidationError, ValueError) as exc:
+        raise typer.Exit(configuration_error(out_dir, exc)) from None
+    report = run_study(in_dir, out_dir, settings=settings, preview=preview, study_instance_uid=study)
     if report.exit_code == 0:
         typer.echo(f"Outputs in {out_dir} (report: {out_dir / 'report.json'})")
     else:

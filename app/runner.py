@@ -10,7 +10,7 @@ from app.pipeline import Pipeline, PipelineRequest
 from app.report_builder import REPORT_NAME
 from operators.writers.report import PipelineReport
 
-__all__ = ["REPORT_NAME", "run_study"]
+__all__ = ["REPORT_NAME", "configuration_error", "run_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,3 +41,27 @@ def run_study(
         study_instance_uid=study_instance_uid,
     )
     return run_map(pipeline, request).report
+
+
+def configuration_error(output: Path | None, exc: Exception) -> int:
+    """Say what is wrong with the installation or configuration in one line (no traceback), in report.json too
+    when there is an output folder; return the exit code (1: not the study's fault)."""
+    from pydantic import ValidationError
+
+    from operators.writers.enums import ReportStatus
+    from operators.writers.report import ErrorInfo, PipelineReport, write_report
+
+    if isinstance(exc, ValidationError):
+        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    else:
+        message = str(exc)
+    logger.error("not run: configuration: %s", message)
+    if output is not None:
+        error = ErrorInfo(error="ConfigurationError", message=message)
+        report = PipelineReport(status=ReportStatus.ERROR, error=error, output_path=str(output))
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+            write_report(report, output / REPORT_NAME)
+        except OSError as write_error:
+            logger.error("report.json could not be written to %s either: %s", output, write_error)
+    return 1

@@ -15,7 +15,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.valuerep import DSfloat
 
-from app import __version__ as GADSYNTH_VERSION
+from operators import __version__ as GADSYNTH_VERSION
 
 if TYPE_CHECKING:
     from operators.study import SliceRef

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import __version__ as GADSYNTH_VERSION
+from operators import __version__ as GADSYNTH_VERSION
 from operators.errors import InputDicomError
 from operators.writers.enums import OutputKind, ReportStatus
 

@@ -166,10 +166,10 @@ class TestStageListIsWrittenOnce:
     def test_no_front_door_calls_the_stage_functions_itself(self) -> None:
         """Only app/stages.py calls the stage functions; every other module goes through the Pipeline.
 
-        The benchmarks of single stages (app/bench/ingest.py, app/bench/inference.py) time those functions alone
+        The benchmarks of single stages (training/bench/ingest.py, inference.py) time those functions alone
         by design, and the evaluation reads the acquired series of a test subject to score it (not a pipeline run).
         """
-        allowed = {"app/bench/ingest.py", "app/bench/inference.py", "training/evaluate_data.py"}
+        allowed = {"training/bench/ingest.py", "training/bench/inference.py", "training/evaluate_data.py"}
         stage_functions = {
             "load_study",
             "select_roles",

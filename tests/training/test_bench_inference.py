@@ -12,8 +12,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from app.bench.cli import bench
-from app.bench.inference import (
+from operators.model_manifest import ModelManifestError, load_manifest
+from tests.conftest import REPO
+from training.bench.cli import bench
+from training.bench.inference import (
     TARGET_S,
     bench_inference,
     network_from_folder,
@@ -21,8 +23,6 @@ from app.bench.inference import (
     recorded_network_config,
     synthetic_inputs,
 )
-from operators.model_manifest import ModelManifestError, load_manifest
-from tests.conftest import REPO
 
 torch = pytest.importorskip("torch")
 

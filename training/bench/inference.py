@@ -239,7 +239,7 @@ def _run_row(row: str, work_dir: Path, arguments: list[str]) -> dict[str, Any]:
     work_dir.mkdir(parents=True, exist_ok=True)
     result = work_dir / f"{row}.json"
     result.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "app.bench.inference", "--row", row, "--result", str(result), *arguments]
+    command = [sys.executable, "-m", "training.bench.inference", "--row", row, "--result", str(result), *arguments]
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
         _, status, usage = os.wait4(process.pid, 0)

@@ -130,12 +130,12 @@ def bench(
         work = work_dir or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         if "phantom" in sections:
-            from app.bench.phantom import bench_phantom
+            from training.bench.phantom import bench_phantom
 
             typer.echo("bench: phantom (full-size six-series study)...", err=True)
             results["phantom"] = bench_phantom(work / "phantom-bench")
         if "ingest" in sections:
-            from app.bench.ingest import bench_ingest
+            from training.bench.ingest import bench_ingest
 
             typer.echo("bench: ingest (ours vs MONAI Deploy stock operators)...", err=True)
             results["ingest"] = bench_ingest(work / "ingest-bench")
@@ -143,12 +143,12 @@ def bench(
             typer.echo("bench: pipeline end to end (full-size phantom study)...", err=True)
             results["pipeline"] = bench_pipeline(work, model=model)
         if "warm" in sections:
-            from app.bench.warm import bench_warm
+            from training.bench.warm import bench_warm
 
             typer.echo("bench: warm pipeline (two full-size studies through one Pipeline)...", err=True)
             results["warm"] = bench_warm(work, model=model)
         if "inference" in sections:
-            from app.bench.inference import bench_inference
+            from training.bench.inference import bench_inference
 
             typer.echo(f"bench: inference ({'x'.join(map(str, shape))}, ONNX Runtime vs PyTorch eager)...", err=True)
             results["inference"] = bench_inference(
