@@ -201,11 +201,22 @@ class TestFrontDoors:
             "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "out"),
             "HOLOSCAN_MODEL_PATH": str(REPO / "models"),
         }
-        result = _run_app(env=env)
+        result = _run_app("-l", "WARN", "-w", str(tmp_path / "work"), env=env)  # as MONAI Deploy runners call it
         assert result.returncode == 0, result.stderr[-2000:]
         assert len(list((tmp_path / "out" / "synthetic_t1c").glob("*.dcm"))) == len(
             list(phantom.series["t1_pre"].directory.glob("*.dcm"))
         )
+
+    def test_bad_models_folder_is_one_clear_line_and_a_report(self, phantom: PhantomStudy, tmp_path: Path) -> None:
+        result = _run_app("-i", str(phantom.dicom_dir), "-o", str(tmp_path), "-m", str(tmp_path / "no-models"))
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr and "models_dir must be an existing folder" in result.stderr
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert report["status"] == "error" and report["error"]["error"] == "ConfigurationError"
+
+    def test_usage_error_is_not_exit_2(self) -> None:
+        result = _run_app("--no-such-option")
+        assert result.returncode == 1 and "unrecognized arguments" in result.stderr
 
     def test_gadsynth_run_with_preview(self, phantom: PhantomStudy, tmp_path: Path) -> None:
         result = subprocess.run(
