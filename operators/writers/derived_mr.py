@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -124,6 +124,16 @@ _TYPE2_KEYWORDS: tuple[str, ...] = (
     "RepetitionTime",
 )
 
+#: MR Image attributes an Enhanced MR source keeps in its functional groups: (sequence, keyword, MR keyword, type).
+_FRAME_VALUES: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
+    ("MRTimingAndRelatedParametersSequence", "RepetitionTime", "RepetitionTime", ds_value),
+    ("MRTimingAndRelatedParametersSequence", "FlipAngle", "FlipAngle", ds_value),
+    ("MRTimingAndRelatedParametersSequence", "EchoTrainLength", "EchoTrainLength", int),
+    ("MREchoSequence", "EffectiveEchoTime", "EchoTime", ds_value),
+    ("MRImagingModifierSequence", "TransmitterFrequency", "ImagingFrequency", ds_value),
+    ("MRImagingModifierSequence", "PixelBandwidth", "PixelBandwidth", ds_value),
+    ("MRAveragesSequence", "NumberOfAverages", "NumberOfAverages", ds_value),
+)
 _SOURCE_LOSSY_KEYWORDS = ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod")
 
 
@@ -370,27 +380,11 @@ def _mr_attributes_from_enhanced(src: Dataset, frame_number: int, ds: Dataset) -
     copy_attributes(src, ds, ("MRAcquisitionType", "MagneticFieldStrength"))
     if src.get("PulseSequenceName"):
         ds.SequenceName = str(src.PulseSequenceName)[:16]
-    timing = frame_group_item(src, frame_number, "MRTimingAndRelatedParametersSequence")
-    if timing is not None:
-        if timing.get("RepetitionTime") is not None:
-            ds.RepetitionTime = ds_value(timing.RepetitionTime)
-        if timing.get("FlipAngle") is not None:
-            ds.FlipAngle = ds_value(timing.FlipAngle)
-        if timing.get("EchoTrainLength") is not None:
-            ds.EchoTrainLength = int(timing.EchoTrainLength)
-    echo = frame_group_item(src, frame_number, "MREchoSequence")
-    if echo is not None and echo.get("EffectiveEchoTime") is not None:
-        ds.EchoTime = ds_value(echo.EffectiveEchoTime)
+    for sequence, keyword, target, convert in _FRAME_VALUES:
+        item = frame_group_item(src, frame_number, sequence)
+        if item is not None and item.get(keyword) is not None:
+            setattr(ds, target, convert(item.get(keyword)))
     if inversion and modifier is not None and modifier.get("InversionTimes"):
         ds.InversionTime = ds_value(float(np.atleast_1d(modifier.InversionTimes)[0]))
-    imaging = frame_group_item(src, frame_number, "MRImagingModifierSequence")
-    if imaging is not None:
-        if imaging.get("TransmitterFrequency") is not None:
-            ds.ImagingFrequency = ds_value(imaging.TransmitterFrequency)
-        if imaging.get("PixelBandwidth") is not None:
-            ds.PixelBandwidth = ds_value(imaging.PixelBandwidth)
-    averages = frame_group_item(src, frame_number, "MRAveragesSequence")
-    if averages is not None and averages.get("NumberOfAverages") is not None:
-        ds.NumberOfAverages = ds_value(averages.NumberOfAverages)
     if src.get("ResonantNucleus"):
         ds.ImagedNucleus = str(src.ResonantNucleus)
