@@ -127,6 +127,8 @@ def _why_passed(candidate: ModelCandidate) -> str:
 
 
 def _not_eligible(selection: Selection, models_dir: Path, candidates: list[ModelCandidate]) -> NoMatchingSeriesError:
+    """Why no model fits, the most useful fact first: the role the first candidate lacks and the series that came
+    closest to it (the first series without a role, with the reason it was passed over)."""
     needs = [
         f"{c.name} ({c.rule}{'' if c.installed else ', not installed'}) needs {', '.join(c.missing_roles)}"
         if c.missing_roles
@@ -136,10 +138,19 @@ def _not_eligible(selection: Selection, models_dir: Path, candidates: list[Model
     unassigned = [d for d in selection.decisions if d.role is None]
     others = "; ".join(f"#{d.series_number} {d.description!r}: {(d.reasons or ['-'])[0]}" for d in unassigned)
     wanted = " or ".join(" + ".join(r.value for r in rule.roles) for rule in MODEL_RULES)
+    missing = next((c.missing_roles[0] for c in candidates if c.missing_roles), None)
+    lead = f"no {missing} series" if missing else "no installed model fits the roles it has"
+    closest = unassigned[0] if unassigned else None
+    if closest is not None:
+        lead += (
+            f"; series #{closest.series_number} {closest.description!r} ({closest.series_instance_uid}) was not "
+            f"used: {(closest.reasons or ['no rule matched'])[0]}"
+        )
     return NoMatchingSeriesError(
-        f"Study {selection.study.study_instance_uid} is not eligible: no installed model fits the roles it has. "
+        f"Study {selection.study.study_instance_uid} is not eligible: {lead}. "
         f"Roles found: {_found_text(selection)}. Missing per candidate model: {'; '.join(needs)}."
         + (f" Series without a role: {others}." if others else ""),
+        series_instance_uid=closest.series_instance_uid if closest is not None else None,
         attribute="SeriesDescription/ImageType/ScanningSequence",
         expected=wanted,
         found=f"roles {_roles_text(list(selection.roles)) or 'none'}",

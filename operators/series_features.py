@@ -39,7 +39,18 @@ def _plain(value: Any) -> Any:
 
 
 def lookup(ds: Dataset, keyword: str) -> Any:
-    """A keyword's value at the top level, else in the shared, else in the first per-frame functional groups."""
+    """A keyword's value at the top level, else in the shared, else in the first per-frame functional groups.
+
+    A value pydicom cannot convert (a broken header) is None here: features only steer series selection, and a
+    series that is used is read again, strictly, by the volume builder, which names what is wrong.
+    """
+    try:
+        return _lookup(ds, keyword)
+    except (ValueError, TypeError, KeyError, IndexError, LookupError, AttributeError):
+        return None
+
+
+def _lookup(ds: Dataset, keyword: str) -> Any:
     if keyword in ds:
         return _plain(ds[keyword].value)
     shared = ds.get("SharedFunctionalGroupsSequence")
@@ -110,33 +121,73 @@ def _scanning_sequence(ds: Dataset) -> list[str]:
     return derived
 
 
+def _point(value: Any) -> list[float] | None:
+    """Three finite coordinates, or None for a missing or broken ImagePositionPatient."""
+    try:
+        point = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    return point if len(point) == 3 and all(np.isfinite(point)) else None
+
+
 def _positions(series: Series) -> np.ndarray:
-    points = []
+    """Slice positions of a series that can be read (the volume builder refuses the others, if it is used)."""
+    points: list[list[float] | None] = []
     for instance in series.instances:
         ds = instance.dataset
-        fast = frame_positions(ds)
-        if fast is not None:
-            points.extend(fast)
+        try:
+            fast = frame_positions(ds)
+            if fast is not None:
+                points.extend(fast)
+                continue
+            per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+            if per_frame:
+                for item in per_frame:
+                    plane = item.get("PlanePositionSequence")
+                    if plane and "ImagePositionPatient" in plane[0]:
+                        points.append(_point(plane[0].ImagePositionPatient))
+            elif "ImagePositionPatient" in ds:
+                points.append(_point(ds.ImagePositionPatient))
+        except (ValueError, TypeError, KeyError, IndexError):
             continue
-        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-        if per_frame:
-            for item in per_frame:
-                plane = item.get("PlanePositionSequence")
-                if plane and "ImagePositionPatient" in plane[0]:
-                    points.append([float(v) for v in plane[0].ImagePositionPatient])
-        elif "ImagePositionPatient" in ds:
-            points.append([float(v) for v in ds.ImagePositionPatient])
-    return np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    good = [p for p in points if p is not None]
+    return np.asarray(good, dtype=np.float64).reshape(-1, 3)
 
 
 def _orientation(iop: Any) -> str | None:
     if not isinstance(iop, list) or len(iop) != 6:
         return None
-    normal = np.abs(np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float)))
+    try:
+        vectors = np.asarray(iop, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    if not np.all(np.isfinite(vectors)):
+        return None
+    normal = np.abs(np.cross(vectors[:3], vectors[3:]))
+    if not normal.any():
+        return None
     axis = int(np.argmax(normal))
     if normal[axis] < 0.8:
         return "OBLIQUE"
     return ("SAGITTAL", "CORONAL", "AXIAL")[axis]
+
+
+def _frame_count(ds: Dataset) -> int:
+    try:
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _voxel_volume(pixel: Any, depth: Any) -> float | None:
+    """Voxel volume in mm^3, or None when the spacings are missing or not positive finite numbers."""
+    if not isinstance(pixel, list) or len(pixel) != 2 or not depth:
+        return None
+    try:
+        volume = float(pixel[0]) * float(pixel[1]) * float(depth)
+    except (TypeError, ValueError):
+        return None
+    return volume if np.isfinite(volume) and volume > 0 else None
 
 
 class SeriesFeatures(dict[str, Any]):
@@ -226,26 +277,21 @@ def series_features(series: Series, *, normalized_markers: Sequence[str] = ("NOR
         if features[keyword] is None and codes and keyword in codes[0]:
             features[keyword] = _plain(codes[0][keyword].value)
     positions = _positions(series)
-    frames = sum(int(i.dataset.get("NumberOfFrames", 1) or 1) for i in series.instances)
+    frames = sum(_frame_count(i.dataset) for i in series.instances)
     distinct = len(np.unique(np.round(positions, 2), axis=0)) if len(positions) else 0
     features["NumberOfInstances"] = len(series.instances)
     features["NumberOfFrames"] = frames
     features["NumberOfSlices"] = distinct
-    features["NumberOfVolumes"] = int(np.ceil(frames / distinct)) if distinct else 1
+    # frames whose position could be read: a broken one is the volume builder's to report, not a second volume
+    features["NumberOfVolumes"] = int(np.ceil(min(frames, len(positions)) / distinct)) if distinct else 1
     features["Orientation"] = _orientation(features["ImageOrientationPatient"])
     spacing = None
-    if distinct > 1 and isinstance(features["ImageOrientationPatient"], list):
+    if distinct > 1 and features["Orientation"] is not None:
         iop = np.asarray(features["ImageOrientationPatient"], float)
         along = np.sort(np.unique(np.round(positions @ np.cross(iop[:3], iop[3:]), 3)))
         spacing = float((along[-1] - along[0]) / (len(along) - 1)) if len(along) > 1 else None
     features["SliceSpacing"] = spacing
-    pixel = features["PixelSpacing"]
-    depth = spacing or features["SliceThickness"]
-    features["VoxelVolume"] = (
-        float(pixel[0]) * float(pixel[1]) * float(depth)
-        if isinstance(pixel, list) and len(pixel) == 2 and depth
-        else None
-    )
+    features["VoxelVolume"] = _voxel_volume(features["PixelSpacing"], spacing or features["SliceThickness"])
     features["AcquisitionDateTime"] = _datetime(ds)
     features["AfterContrast"] = False
     return features
