@@ -8,7 +8,7 @@ SAMPLE := sample
 # Holoscan (MONAI Deploy's runtime) asks for a larger stack; harmless elsewhere.
 ULIMIT := ulimit -s 32768 2>/dev/null || true;
 
-.PHONY: setup system venv run test lint typecheck pytest bench clean
+.PHONY: setup system venv run test lint typecheck pytest bench hostile clean
 
 setup: system venv
 
@@ -48,5 +48,9 @@ test: setup lint typecheck pytest
 bench: setup
 	@$(ULIMIT) $(BIN)/gadsynth bench --out bench-results
 
+# The hostile-input suite: 300+ broken variants of a phantom study through the real CLI; table in hostile-results/.
+hostile: setup
+	@$(ULIMIT) $(BIN)/python -m tests.hostile.run --out hostile-results --jobs 2
+
 clean:
-	rm -rf $(VENV) $(SAMPLE) bench-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SAMPLE) bench-results hostile-results .pytest_cache .mypy_cache .ruff_cache

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads; 0 lets it choose.")
     tta: bool = Field(default=False, description="8-way flip test-time augmentation (slow on CPU).")
+    min_working_spacing_mm: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=10.0,
+        description="Finest spacing the pipeline works at: finer T1s (e.g. 0.5 mm) run on a grid this coarse and the "
+        "contrast signal comes back to the source grid (memory and time bounded, detail of the source kept).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("models_dir")

@@ -92,10 +92,16 @@ def _choose_model(pipeline: Pipeline, job: Job) -> None:
 def _build_volumes(pipeline: Pipeline, job: Job) -> None:
     from operators.series_to_volume import build_volumes
     from operators.volume_checks import check_volumes
+    from operators.working_grid import to_working_grid, working_grid
 
     selection = _need(job.results.selection, "selection")
     volumes = build_volumes(selection, _roles(job.results.manifest, job.request))
     check_volumes(volumes)
+    finest = pipeline.settings.min_working_spacing_mm
+    grid = working_grid(volumes[Role.T1_PRE].image, finest) if Role.T1_PRE in volumes else None
+    if grid is not None:  # a sub-millimetre study: every stage runs on the working grid
+        job.results.source_reference = volumes[Role.T1_PRE]
+        volumes = to_working_grid(volumes, grid)
     job.results.volumes = volumes
 
 
@@ -144,7 +150,15 @@ def _postprocess(pipeline: Pipeline, job: Job) -> None:
     from operators.postprocess import postprocess
 
     results = job.results
-    results.synthetic = postprocess(_need(results.prediction, "prediction"), _need(results.normalized, "normalized"))
+    normalized = _need(results.normalized, "normalized")
+    synthetic = postprocess(_need(results.prediction, "prediction"), normalized)
+    if results.source_reference is not None:
+        from operators.working_grid import to_source_grid
+
+        results.synthetic_work = synthetic
+        clip = results.manifest.postprocess.clip_negative
+        synthetic = to_source_grid(synthetic, results.source_reference, normalized.x_pc, clip_negative=clip)
+    results.synthetic = synthetic
 
 
 def _write_dicom(pipeline: Pipeline, job: Job) -> None:
@@ -157,7 +171,7 @@ def _write_dicom(pipeline: Pipeline, job: Job) -> None:
     manifest = results.manifest
     notes: list[str] = []
     written = write_outputs(
-        registered.reference,
+        results.source_reference or registered.reference,
         synthetic.synthetic,
         _output_dir(job),
         model=ModelIdentity(manifest.name, manifest.version, manifest.sha256),
@@ -179,7 +193,7 @@ def _write_preview(pipeline: Pipeline, job: Job) -> None:
     results.preview = write_preview(
         _output_dir(job) / PREVIEW_NAME,
         _need(results.normalized, "normalized"),
-        _need(results.synthetic, "synthetic"),
+        _need(results.synthetic_work or results.synthetic, "synthetic"),
     )
 
 

@@ -138,9 +138,14 @@ def run_variant(variant: Variant, bases: Path, work: Path, python: str = sys.exe
         shutil.rmtree(work)
     study = work / "study"
     shutil.copytree(make_base(variant.base, bases), study, symlinks=True)
-    variant.mutate(study)
-    if variant.prepare_output is not None:
-        variant.prepare_output(work)
+    try:
+        variant.mutate(study)
+        if variant.prepare_output is not None:
+            variant.prepare_output(work)
+    except Exception as exc:  # the generator's own failure: reported, and the suite goes on
+        outcome = Outcome(variant.name, variant.klass, variant.expect, None, 0.0, 0.0)
+        outcome.reasons.append(f"the variant could not be made: {type(exc).__name__}: {exc}"[:300])
+        return outcome
     out = work / variant.output
     args = [a.replace("__WORK__", str(work)) for a in variant.args]
     if "__FIRST_STUDY__" in args:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydicom import Dataset, config, dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 
 __all__ = ["BASES", "Variant", "all_variants", "make_base"]
 
@@ -96,9 +96,15 @@ def _raw_set(ds: Dataset, keyword: str, value: str | bytes | None) -> None:
             del ds[tag]
         return
     vr = dictionary_VR(tag)
-    if vr in ("US", "SS", "UL", "SL") and isinstance(value, bytes):  # binary numbers: give pydicom the int
-        value = int.from_bytes(value, "little", signed=vr in ("SS", "SL"))
-    ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    if vr in ("US", "SS", "UL", "SL"):  # binary numbers: give pydicom the int
+        number = int.from_bytes(value, "little", signed=vr in ("SS", "SL")) if isinstance(value, bytes) else value
+        ds[tag] = DataElement(tag, vr, number, validation_mode=config.IGNORE)
+        return
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    if len(raw) % 2:
+        raw += b"\0" if vr == "UI" else b" "
+    # the bytes as they are: pydicom neither converts nor checks a raw element when it writes it
+    ds[tag] = RawDataElement(tag, vr, len(raw), raw, 0, False, True)
 
 
 def _edit(study: Path, role: str, which: str, change: Callable[[Dataset], None]) -> None:

@@ -19,7 +19,7 @@ __all__ = ["bench", "bench_pipeline"]
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ("phantom", "ingest", "pipeline", "warm", "inference")
+SECTIONS = ("phantom", "ingest", "pipeline", "warm", "large", "inference")
 
 
 def _run_child(command: list[str]) -> tuple[float, int, float]:
@@ -147,6 +147,11 @@ def bench(
 
             typer.echo("bench: warm pipeline (two full-size studies through one Pipeline)...", err=True)
             results["warm"] = bench_warm(work, model=model)
+        if "large" in sections:
+            from training.bench.large import bench_large
+
+            typer.echo("bench: a 0.5 mm 512x512x320 study through python -m app (time, peak RSS)...", err=True)
+            results["large"] = bench_large(work)
         if "inference" in sections:
             from training.bench.inference import bench_inference
 
