@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -15,19 +15,15 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from operators.writers.content import (
-    GADSYNTH_VERSION,
-    PATIENT_STUDY_KEYWORDS,
     SOFTWARE_NAME,
     ModelIdentity,
     check_series_options,
-    contributing_equipment,
     copy_attributes,
+    derivation_description,
     ds_value,
-    ensure_laterality,
-    now_da_tm,
     referenced_series_item,
     source_image_item,
-    synthetic_notice,
+    synthetic_header,
 )
 from operators.writers.enums import ImageTypeValue
 from operators.writers.source import (
@@ -273,10 +269,16 @@ def _template(
     """Every attribute that is the same for all slices of the synthetic series."""
     first_ref = source.slices[0]
     src = first_ref.dataset
-    ds = Dataset()
-    copy_attributes(src, ds, PATIENT_STUDY_KEYWORDS)
-    copy_attributes(src, ds, _SERIES_KEYWORDS)
-    copy_attributes(src, ds, _SOURCE_LOSSY_KEYWORDS)
+    ds = synthetic_header(
+        src,
+        model,
+        copied=(*_SERIES_KEYWORDS, *_SOURCE_LOSSY_KEYWORDS),
+        sop_class_uid=MRImageStorage,
+        modality="MR",
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        description=description,
+    )
     if first_ref.frame_number is None:
         copy_attributes(src, ds, _MR_KEYWORDS)
     else:
@@ -290,27 +292,9 @@ def _template(
     for keyword in _TYPE2_KEYWORDS:
         if keyword not in ds:
             setattr(ds, keyword, None)
-    ensure_laterality(ds)
-
-    today, now = now_da_tm()
-    ds.SOPClassUID = MRImageStorage
-    ds.InstanceCreationDate, ds.InstanceCreationTime = today, now
-    ds.Modality = "MR"
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = description
-    ds.SeriesDate, ds.SeriesTime = today, now
-    ds.ContentDate, ds.ContentTime = today, now
-    ds.Manufacturer = SOFTWARE_NAME
-    ds.ManufacturerModelName = model.name
-    ds.SoftwareVersions = [f"{SOFTWARE_NAME} {GADSYNTH_VERSION}", f"{model.name} {model.version}"[:64]]
-    ds.ContributingEquipmentSequence = contributing_equipment(src, model)
-
     ds.ImageType = [member.value for member in SYNTHETIC_IMAGE_TYPE]
     ds.DerivationDescription = _derivation_description(source, model, other_sources)
     ds.DerivationCodeSequence = [_pixel_addition_code()]
-    ds.ImageComments = synthetic_notice(model)
-    ds.BurnedInAnnotation = "NO"
     if "LossyImageCompression" not in ds:
         ds.LossyImageCompression = "00"
 
@@ -326,13 +310,8 @@ def _template(
 
 
 def _derivation_description(source: Volume, model: ModelIdentity, other_sources: Sequence[Series]) -> str:
-    others = "".join(f", {s.series_instance_uid}" for s in other_sources)
-    text = (
-        f"Synthetic contrast-enhanced T1 computed by {SOFTWARE_NAME} {GADSYNTH_VERSION}, model {model.name} "
-        f"{model.version} (sha256 {model.sha256}), from series {source.series.series_instance_uid}{others}. "
-        "Not acquired; no standard dose of contrast agent was given."
-    )
-    return text[:1024]
+    uids = [source.series.series_instance_uid, *(s.series_instance_uid for s in other_sources)]
+    return derivation_description(model, uids, "Not acquired; no standard dose of contrast agent was given.")
 
 
 def _pixel_addition_code() -> Dataset:
@@ -345,6 +324,19 @@ def _pixel_addition_code() -> Dataset:
     item.CodingSchemeDesignator = code.scheme_designator
     item.CodeMeaning = code.meaning
     return item
+
+
+#: Enhanced MR functional-group attributes that fill a classic MR attribute: (functional group sequence, attribute
+#: in its item, classic attribute, conversion).
+_FRAME_GROUP_ATTRIBUTES: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
+    ("MRTimingAndRelatedParametersSequence", "RepetitionTime", "RepetitionTime", ds_value),
+    ("MRTimingAndRelatedParametersSequence", "FlipAngle", "FlipAngle", ds_value),
+    ("MRTimingAndRelatedParametersSequence", "EchoTrainLength", "EchoTrainLength", int),
+    ("MREchoSequence", "EffectiveEchoTime", "EchoTime", ds_value),
+    ("MRImagingModifierSequence", "TransmitterFrequency", "ImagingFrequency", ds_value),
+    ("MRImagingModifierSequence", "PixelBandwidth", "PixelBandwidth", ds_value),
+    ("MRAveragesSequence", "NumberOfAverages", "NumberOfAverages", ds_value),
+)
 
 
 def _mr_attributes_from_enhanced(src: Dataset, frame_number: int, ds: Dataset) -> None:
@@ -370,27 +362,11 @@ def _mr_attributes_from_enhanced(src: Dataset, frame_number: int, ds: Dataset) -
     copy_attributes(src, ds, ("MRAcquisitionType", "MagneticFieldStrength"))
     if src.get("PulseSequenceName"):
         ds.SequenceName = str(src.PulseSequenceName)[:16]
-    timing = frame_group_item(src, frame_number, "MRTimingAndRelatedParametersSequence")
-    if timing is not None:
-        if timing.get("RepetitionTime") is not None:
-            ds.RepetitionTime = ds_value(timing.RepetitionTime)
-        if timing.get("FlipAngle") is not None:
-            ds.FlipAngle = ds_value(timing.FlipAngle)
-        if timing.get("EchoTrainLength") is not None:
-            ds.EchoTrainLength = int(timing.EchoTrainLength)
-    echo = frame_group_item(src, frame_number, "MREchoSequence")
-    if echo is not None and echo.get("EffectiveEchoTime") is not None:
-        ds.EchoTime = ds_value(echo.EffectiveEchoTime)
+    for group, keyword, classic, convert in _FRAME_GROUP_ATTRIBUTES:
+        item = frame_group_item(src, frame_number, group)
+        if item is not None and item.get(keyword) is not None:
+            setattr(ds, classic, convert(item.get(keyword)))
     if inversion and modifier is not None and modifier.get("InversionTimes"):
         ds.InversionTime = ds_value(float(np.atleast_1d(modifier.InversionTimes)[0]))
-    imaging = frame_group_item(src, frame_number, "MRImagingModifierSequence")
-    if imaging is not None:
-        if imaging.get("TransmitterFrequency") is not None:
-            ds.ImagingFrequency = ds_value(imaging.TransmitterFrequency)
-        if imaging.get("PixelBandwidth") is not None:
-            ds.PixelBandwidth = ds_value(imaging.PixelBandwidth)
-    averages = frame_group_item(src, frame_number, "MRAveragesSequence")
-    if averages is not None and averages.get("NumberOfAverages") is not None:
-        ds.NumberOfAverages = ds_value(averages.NumberOfAverages)
     if src.get("ResonantNucleus"):
         ds.ImagedNucleus = str(src.ResonantNucleus)
