@@ -16,13 +16,7 @@ from tests.conftest import REPO
 
 MODELS = REPO / "models"
 
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only the variables a test sets: none of the caller's GADSYNTH_* or HOLOSCAN_* leak in."""
-    for name in list(os.environ):
-        if name.upper().startswith(("GADSYNTH_", "HOLOSCAN_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def _models(folder: Path) -> Path:
@@ -84,30 +78,29 @@ class TestSources:
         with pytest.raises(ValidationError, match="log_level"):
             load_settings(log_level="LOUD")
 
-    def test_yaml_must_be_a_mapping(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        config = tmp_path / "list.yaml"
-        config.write_text("- 1\n- 2\n")
-        monkeypatch.setenv("GADSYNTH_CONFIG", str(config))
-        with pytest.raises(ValueError, match=r"must hold a YAML mapping\. Found list"):
-            load_settings()
-
-    def test_missing_yaml_is_named(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("GADSYNTH_CONFIG", str(tmp_path / "nope.yaml"))
-        with pytest.raises(ValueError, match=r"nope\.yaml', which is not a file"):
-            load_settings()
-
-    def test_yaml_syntax_error_is_named(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        config = tmp_path / "broken.yaml"
-        config.write_text("tta: [true\n")
-        monkeypatch.setenv("GADSYNTH_CONFIG", str(config))
-        with pytest.raises(ValueError, match=r"broken\.yaml' cannot be read as YAML"):
-            load_settings()
-
-    def test_yaml_values_are_validated(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        config = tmp_path / "gadsynth.yaml"
-        config.write_text("seg_series_number: 0\n")
-        monkeypatch.setenv("GADSYNTH_CONFIG", str(config))
-        with pytest.raises(ValidationError, match="seg_series_number"):
+    @pytest.mark.parametrize(
+        ("name", "text", "error", "message"),
+        [
+            ("list.yaml", "- 1\n- 2\n", ValueError, r"list\.yaml' must hold a YAML mapping\. Found list"),
+            ("nope.yaml", None, ValueError, r"nope\.yaml', which is not a file"),
+            ("broken.yaml", "tta: [true\n", ValueError, r"broken\.yaml' cannot be read as YAML"),
+            ("zero.yaml", "seg_series_number: 0\n", ValidationError, "seg_series_number"),
+        ],
+    )
+    def test_bad_yaml_is_named(
+        self,
+        name: str,
+        text: str | None,
+        error: type[Exception],
+        message: str,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Not a mapping, missing, not YAML, a wrong value: a clear error, never a silent default."""
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        monkeypatch.setenv("GADSYNTH_CONFIG", str(tmp_path / name))
+        with pytest.raises(error, match=message):
             load_settings()
 
     def test_holoscan_variables(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
