@@ -120,6 +120,16 @@ _TYPE2_KEYWORDS: tuple[str, ...] = (
     "RepetitionTime",
 )
 
+#: MR Image attributes an Enhanced MR source keeps in its functional groups: (sequence, keyword, MR keyword, type).
+_FRAME_VALUES: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
+    ("MRTimingAndRelatedParametersSequence", "RepetitionTime", "RepetitionTime", ds_value),
+    ("MRTimingAndRelatedParametersSequence", "FlipAngle", "FlipAngle", ds_value),
+    ("MRTimingAndRelatedParametersSequence", "EchoTrainLength", "EchoTrainLength", int),
+    ("MREchoSequence", "EffectiveEchoTime", "EchoTime", ds_value),
+    ("MRImagingModifierSequence", "TransmitterFrequency", "ImagingFrequency", ds_value),
+    ("MRImagingModifierSequence", "PixelBandwidth", "PixelBandwidth", ds_value),
+    ("MRAveragesSequence", "NumberOfAverages", "NumberOfAverages", ds_value),
+)
 _SOURCE_LOSSY_KEYWORDS = ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod")
 
 
@@ -326,19 +336,6 @@ def _pixel_addition_code() -> Dataset:
     return item
 
 
-#: Enhanced MR functional-group attributes that fill a classic MR attribute: (functional group sequence, attribute
-#: in its item, classic attribute, conversion).
-_FRAME_GROUP_ATTRIBUTES: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
-    ("MRTimingAndRelatedParametersSequence", "RepetitionTime", "RepetitionTime", ds_value),
-    ("MRTimingAndRelatedParametersSequence", "FlipAngle", "FlipAngle", ds_value),
-    ("MRTimingAndRelatedParametersSequence", "EchoTrainLength", "EchoTrainLength", int),
-    ("MREchoSequence", "EffectiveEchoTime", "EchoTime", ds_value),
-    ("MRImagingModifierSequence", "TransmitterFrequency", "ImagingFrequency", ds_value),
-    ("MRImagingModifierSequence", "PixelBandwidth", "PixelBandwidth", ds_value),
-    ("MRAveragesSequence", "NumberOfAverages", "NumberOfAverages", ds_value),
-)
-
-
 def _mr_attributes_from_enhanced(src: Dataset, frame_number: int, ds: Dataset) -> None:
     """Map the Enhanced MR functional groups of one frame to classic MR Image module attributes."""
     echo_pulse = str(src.get("EchoPulseSequence", ""))
@@ -362,10 +359,10 @@ def _mr_attributes_from_enhanced(src: Dataset, frame_number: int, ds: Dataset) -
     copy_attributes(src, ds, ("MRAcquisitionType", "MagneticFieldStrength"))
     if src.get("PulseSequenceName"):
         ds.SequenceName = str(src.PulseSequenceName)[:16]
-    for group, keyword, classic, convert in _FRAME_GROUP_ATTRIBUTES:
-        item = frame_group_item(src, frame_number, group)
+    for sequence, keyword, target, convert in _FRAME_VALUES:
+        item = frame_group_item(src, frame_number, sequence)
         if item is not None and item.get(keyword) is not None:
-            setattr(ds, classic, convert(item.get(keyword)))
+            setattr(ds, target, convert(item.get(keyword)))
     if inversion and modifier is not None and modifier.get("InversionTimes"):
         ds.InversionTime = ds_value(float(np.atleast_1d(modifier.InversionTimes)[0]))
     if src.get("ResonantNucleus"):
