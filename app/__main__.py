@@ -8,19 +8,24 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["main"]
+from app.config import LOG_LEVELS
 
-#: The SDK's log levels (monai.deploy.core.arg_parser) and the Python level each means.
-LOG_LEVELS = {
-    "DEBUG": "DEBUG",
-    "INFO": "INFO",
-    "WARN": "WARNING",
-    "WARNING": "WARNING",
-    "ERROR": "ERROR",
-    "CRITICAL": "CRITICAL",
-}
-#: Exit code of a command line that cannot be parsed: 2 means "study not eligible" in our contract.
+__all__ = ["USAGE_ERROR", "main"]
+
+logger = logging.getLogger(__name__)
+
+#: Exit code of a command line that cannot be parsed: not argparse's 2, which means "study not eligible" here.
 USAGE_ERROR = 1
+
+EPILOG = """\
+Options mirror the MONAI Deploy SDK's (monai.deploy.core.arg_parser), so MAP runners can call this as any MAP;
+-w and -t are accepted and not used. Without -i/-o/-m: $GADSYNTH_INPUT_PATH, $GADSYNTH_OUTPUT_PATH,
+$GADSYNTH_MODELS_DIR, then the MAP's $HOLOSCAN_INPUT_PATH, $HOLOSCAN_OUTPUT_PATH, $HOLOSCAN_MODEL_PATH, then
+the YAML file named by $GADSYNTH_CONFIG, then ./input, ./output and the models/ folder beside the app package.
+
+Exit codes: 0 success; 2 the study is not eligible or is broken (report.json says why); 1 an internal error,
+a bad installation or configuration (e.g. no models folder; report.json is written when the output folder is
+known) or an unusable command line (usage errors exit 1, not argparse's 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,8 +46,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m app",
         description="GadSynth MAP: synthesize a contrast-enhanced T1 series from a brain MRI study "
         "(research use, not for diagnosis).",
-        epilog="Exit codes: 0 success; 2 the study is not eligible or is broken (report.json says why); 1 an "
-        "internal error, a bad installation or an unusable command line.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-l",
+        "--log-level",
+        type=_log_level,
+        default=None,
+        help=f"One of {', '.join(LOG_LEVELS)}, case-insensitive (default: $GADSYNTH_LOG_LEVEL, else INFO).",
     )
     parser.add_argument("-i", "--input", type=Path, default=None, help="Study folder (default: $HOLOSCAN_INPUT_PATH).")
     parser.add_argument(
@@ -50,7 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-m", "--model", type=Path, default=None, help="Models folder (default: $HOLOSCAN_MODEL_PATH).")
     parser.add_argument(
-        "-w", "--workdir", type=Path, default=None, help="Working folder (accepted as the SDK's runners pass it)."
+        "-w",
+        "--workdir",
+        type=Path,
+        default=None,
+        help="Working folder (accepted as the SDK's runners pass it; unused).",
+    )
+    parser.add_argument(
+        "-t",
+        "--triton-server-netloc",
+        default=None,
+        help="Triton server host:port (accepted as the SDK's runners pass it; unused: inference runs in-process).",
     )
     parser.add_argument(
         "--model-name",
@@ -59,9 +81,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--preview", action="store_true", help="Also write preview.png.")
     parser.add_argument("--study", default=None, help="StudyInstanceUID to process when the input holds several.")
-    parser.add_argument(
-        "-l", "--log-level", type=_log_level, default=None, help=f"One of {', '.join(LOG_LEVELS)} (case-insensitive)."
-    )
     return parser
 
 
@@ -75,22 +94,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     from pydantic import ValidationError
 
-    from app.config import load_settings
+    from app.config import load_settings, output_folder
 
     overrides: dict[str, object] = {}
-    for key, value in (("models_dir", args.model), ("input_path", args.input), ("output_path", args.output)):
+    for key, value in (
+        ("models_dir", args.model),
+        ("input_path", args.input),
+        ("output_path", args.output),
+        ("model", args.model_name),
+        ("log_level", args.log_level),
+    ):
         if value is not None:
             overrides[key] = value
-    if args.model_name:
-        overrides["model"] = args.model_name
     from app.runner import configuration_error, run_study
 
     try:
         settings = load_settings(**overrides)
     except (ValidationError, ValueError) as exc:
-        return configuration_error(args.output, exc)
-    if args.log_level is None:
-        logging.getLogger().setLevel(settings.log_level)
+        return configuration_error(output_folder(**overrides), exc)
+    logging.getLogger().setLevel(settings.log_level)
+    if args.triton_server_netloc:
+        logger.info("--triton-server-netloc %s ignored: inference runs in this process", args.triton_server_netloc)
 
     report = run_study(
         settings.input_path or Path("input"),

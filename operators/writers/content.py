@@ -30,11 +30,14 @@ __all__ = [
     "check_series_options",
     "contributing_equipment",
     "copy_attributes",
+    "derivation_description",
     "ds_value",
     "ensure_laterality",
     "now_da_tm",
     "referenced_series_item",
+    "software_versions",
     "source_image_item",
+    "synthetic_header",
     "synthetic_notice",
 ]
 
@@ -168,6 +171,59 @@ def synthetic_notice(model: ModelIdentity) -> str:
     )
 
 
+def software_versions(model: ModelIdentity) -> list[str]:
+    """SoftwareVersions of every GadSynth object: GadSynth's version, then the model's."""
+    return [f"{SOFTWARE_NAME} {GADSYNTH_VERSION}", f"{model.name} {model.version}"[:64]]
+
+
+def derivation_description(model: ModelIdentity, series_instance_uids: Sequence[str], closing: str) -> str:
+    """DerivationDescription of a synthetic image: software, model with its sha256, source series, then
+    ``closing``."""
+    return (
+        f"Synthetic contrast-enhanced T1 computed by {SOFTWARE_NAME} {GADSYNTH_VERSION}, model {model.name} "
+        f"{model.version} (sha256 {model.sha256}), from series {', '.join(series_instance_uids)}. {closing}"
+    )[:1024]
+
+
+def synthetic_header(
+    source: Dataset,
+    model: ModelIdentity,
+    *,
+    copied: Iterable[str],
+    sop_class_uid: str,
+    modality: str,
+    series_instance_uid: str,
+    series_number: int,
+    description: str,
+) -> Dataset:
+    """A new header with what every GadSynth image shares.
+
+    Patient and study attributes (and ``copied``) from the source, an empty Laterality when the body part is
+    unknown, SOP class, modality, series identity, creation, content and series dates (now), GadSynth as
+    manufacturer with the model, Contributing Equipment, and the synthetic notice in ImageComments.
+    """
+    ds = Dataset()
+    copy_attributes(source, ds, PATIENT_STUDY_KEYWORDS)
+    copy_attributes(source, ds, copied)
+    ensure_laterality(ds)
+    today, now = now_da_tm()
+    ds.SOPClassUID = sop_class_uid
+    ds.InstanceCreationDate, ds.InstanceCreationTime = today, now
+    ds.Modality = modality
+    ds.SeriesInstanceUID = series_instance_uid
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = description
+    ds.SeriesDate, ds.SeriesTime = today, now
+    ds.ContentDate, ds.ContentTime = today, now
+    ds.Manufacturer = SOFTWARE_NAME
+    ds.ManufacturerModelName = model.name
+    ds.SoftwareVersions = software_versions(model)
+    ds.ContributingEquipmentSequence = contributing_equipment(source, model)
+    ds.ImageComments = synthetic_notice(model)
+    ds.BurnedInAnnotation = "NO"
+    return ds
+
+
 def contributing_equipment(source: Dataset, model: ModelIdentity) -> list[ContributingEquipment]:
     """Contributing Equipment items: the scanner that acquired the source (when named) and GadSynth with its model."""
     items: list[ContributingEquipment] = []
@@ -178,7 +234,7 @@ def contributing_equipment(source: Dataset, model: ModelIdentity) -> list[Contri
             manufacturer=SOFTWARE_NAME,
             purpose_of_reference=codes.DCM.SynthesizingEquipment,
             manufacturer_model_name=model.name,
-            software_versions=[f"{SOFTWARE_NAME} {GADSYNTH_VERSION}", f"{model.name} {model.version}"[:64]],
+            software_versions=software_versions(model),
             contribution_datetime=dt.datetime.now(),
             contribution_description=(
                 f"Synthetic contrast enhancement by {SOFTWARE_NAME} {GADSYNTH_VERSION}, model {model.name} "

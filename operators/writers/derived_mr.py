@@ -15,19 +15,15 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from operators.writers.content import (
-    GADSYNTH_VERSION,
-    PATIENT_STUDY_KEYWORDS,
     SOFTWARE_NAME,
     ModelIdentity,
     check_series_options,
-    contributing_equipment,
     copy_attributes,
+    derivation_description,
     ds_value,
-    ensure_laterality,
-    now_da_tm,
     referenced_series_item,
     source_image_item,
-    synthetic_notice,
+    synthetic_header,
 )
 from operators.writers.enums import ImageTypeValue
 from operators.writers.source import (
@@ -283,10 +279,16 @@ def _template(
     """Every attribute that is the same for all slices of the synthetic series."""
     first_ref = source.slices[0]
     src = first_ref.dataset
-    ds = Dataset()
-    copy_attributes(src, ds, PATIENT_STUDY_KEYWORDS)
-    copy_attributes(src, ds, _SERIES_KEYWORDS)
-    copy_attributes(src, ds, _SOURCE_LOSSY_KEYWORDS)
+    ds = synthetic_header(
+        src,
+        model,
+        copied=(*_SERIES_KEYWORDS, *_SOURCE_LOSSY_KEYWORDS),
+        sop_class_uid=MRImageStorage,
+        modality="MR",
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        description=description,
+    )
     if first_ref.frame_number is None:
         copy_attributes(src, ds, _MR_KEYWORDS)
     else:
@@ -300,27 +302,9 @@ def _template(
     for keyword in _TYPE2_KEYWORDS:
         if keyword not in ds:
             setattr(ds, keyword, None)
-    ensure_laterality(ds)
-
-    today, now = now_da_tm()
-    ds.SOPClassUID = MRImageStorage
-    ds.InstanceCreationDate, ds.InstanceCreationTime = today, now
-    ds.Modality = "MR"
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = description
-    ds.SeriesDate, ds.SeriesTime = today, now
-    ds.ContentDate, ds.ContentTime = today, now
-    ds.Manufacturer = SOFTWARE_NAME
-    ds.ManufacturerModelName = model.name
-    ds.SoftwareVersions = [f"{SOFTWARE_NAME} {GADSYNTH_VERSION}", f"{model.name} {model.version}"[:64]]
-    ds.ContributingEquipmentSequence = contributing_equipment(src, model)
-
     ds.ImageType = [member.value for member in SYNTHETIC_IMAGE_TYPE]
     ds.DerivationDescription = _derivation_description(source, model, other_sources)
     ds.DerivationCodeSequence = [_pixel_addition_code()]
-    ds.ImageComments = synthetic_notice(model)
-    ds.BurnedInAnnotation = "NO"
     if "LossyImageCompression" not in ds:
         ds.LossyImageCompression = "00"
 
@@ -336,13 +320,8 @@ def _template(
 
 
 def _derivation_description(source: Volume, model: ModelIdentity, other_sources: Sequence[Series]) -> str:
-    others = "".join(f", {s.series_instance_uid}" for s in other_sources)
-    text = (
-        f"Synthetic contrast-enhanced T1 computed by {SOFTWARE_NAME} {GADSYNTH_VERSION}, model {model.name} "
-        f"{model.version} (sha256 {model.sha256}), from series {source.series.series_instance_uid}{others}. "
-        "Not acquired; no standard dose of contrast agent was given."
-    )
-    return text[:1024]
+    uids = [source.series.series_instance_uid, *(s.series_instance_uid for s in other_sources)]
+    return derivation_description(model, uids, "Not acquired; no standard dose of contrast agent was given.")
 
 
 def _pixel_addition_code() -> Dataset:

@@ -15,18 +15,14 @@ from pydicom.uid import ExplicitVRLittleEndian, MultiFrameGrayscaleWordSecondary
 
 from operators.writers.content import (
     GADSYNTH_VERSION,
-    PATIENT_STUDY_KEYWORDS,
     SOFTWARE_NAME,
     ModelIdentity,
     check_series_options,
-    contributing_equipment,
-    copy_attributes,
+    derivation_description,
     ds_value,
-    ensure_laterality,
-    now_da_tm,
     referenced_series_item,
     source_image_item,
-    synthetic_notice,
+    synthetic_header,
 )
 from operators.writers.enums import ConversionType, ImageTypeValue
 from operators.writers.source import (
@@ -209,45 +205,33 @@ def _header(
     source: Volume, model: ModelIdentity, series_number: int, description: str, series_instance_uid: str | None
 ) -> Dataset:
     src = source.slices[0].dataset
-    ds = Dataset()
-    copy_attributes(src, ds, PATIENT_STUDY_KEYWORDS)
-    copy_attributes(src, ds, ("BodyPartExamined", "Laterality", "PatientPosition", "AnatomicalOrientationType"))
-    ensure_laterality(ds)
+    ds = synthetic_header(
+        src,
+        model,
+        copied=("BodyPartExamined", "Laterality", "PatientPosition", "AnatomicalOrientationType"),
+        sop_class_uid=MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+        modality="OT",
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=series_number,
+        description=description,
+    )
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime"):
         if keyword not in ds:
             setattr(ds, keyword, None)
     for keyword in ("ReferringPhysicianName", "StudyID", "AccessionNumber"):
         if keyword not in ds:
             setattr(ds, keyword, None)
-    today, now = now_da_tm()
-    ds.SOPClassUID = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
     ds.SOPInstanceUID = generate_uid()
-    ds.InstanceCreationDate, ds.InstanceCreationTime = today, now
-    ds.Modality = "OT"
-    ds.SeriesInstanceUID = series_instance_uid or generate_uid()
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = description
-    ds.SeriesDate, ds.SeriesTime = today, now
-    ds.ContentDate, ds.ContentTime = today, now
     ds.InstanceNumber = 1
-    ds.Manufacturer = SOFTWARE_NAME
-    ds.ManufacturerModelName = model.name
-    ds.SoftwareVersions = [f"{SOFTWARE_NAME} {GADSYNTH_VERSION}", f"{model.name} {model.version}"[:64]]
-    ds.ContributingEquipmentSequence = contributing_equipment(src, model)
     # SC Equipment: the image is synthetic, computed from MR.
     ds.ConversionType = ConversionType.SYNTHETIC_IMAGE.value
     ds.SecondaryCaptureDeviceManufacturer = SOFTWARE_NAME
     ds.SecondaryCaptureDeviceManufacturerModelName = model.name
     ds.SecondaryCaptureDeviceSoftwareVersions = [f"{SOFTWARE_NAME} {GADSYNTH_VERSION}"]
     ds.ImageType = [ImageTypeValue.DERIVED.value, ImageTypeValue.SECONDARY.value]
-    ds.DerivationDescription = (
-        f"Synthetic contrast-enhanced T1 computed by {SOFTWARE_NAME} {GADSYNTH_VERSION}, model {model.name} "
-        f"{model.version} (sha256 {model.sha256}), from series {source.series.series_instance_uid}. Not acquired."
-    )[:1024]
+    ds.DerivationDescription = derivation_description(model, [source.series.series_instance_uid], "Not acquired.")
     ds.SourceImageSequence = [source_image_item(ref) for ref in source.slices]
     ds.ReferencedSeriesSequence = [referenced_series_item(source.series.series_instance_uid, source.slices)]
-    ds.ImageComments = synthetic_notice(model)
-    ds.BurnedInAnnotation = "NO"
     ds.RecognizableVisualFeatures = "NO"
     ds.LossyImageCompression = str(src.get("LossyImageCompression", "00")) or "00"
     return ds
