@@ -18,19 +18,19 @@ __all__ = ["preview_slices", "write_preview"]
 logger = logging.getLogger(__name__)
 
 
-def preview_slices(mask: np.ndarray, count: int = 3) -> list[int]:
-    """Slice indices (first array axis) to show: those with the most predicted enhancement, else the middle."""
-    per_slice = mask.reshape(mask.shape[0], -1).sum(axis=1)
-    if per_slice.max() == 0:
-        middle = mask.shape[0] // 2
-        step = max(1, mask.shape[0] // 8)
-        return sorted(
-            {max(0, min(mask.shape[0] - 1, middle + k * step)) for k in range(-(count // 2), count - count // 2)}
-        )
-    order = np.argsort(per_slice)[::-1]
+def preview_slices(mask: np.ndarray, count: int = 3, brain: np.ndarray | None = None) -> list[int]:
+    """Slice indices (first array axis) to show: those with the most predicted enhancement, then (when fewer
+    slices enhance than are shown) those with the most brain, at least 5 % of the stack apart; never a blank slice
+    while the brain has others."""
+    depth = mask.shape[0]
+    enhancing = mask.reshape(depth, -1).sum(axis=1)
+    area = brain.reshape(depth, -1).sum(axis=1) if brain is not None else np.zeros(depth, dtype=np.int64)
+    if not area.any():  # no brain mask: prefer the middle of the stack
+        area = depth // 2 - np.abs(np.arange(depth) - depth // 2)
+    order = np.lexsort((-area, -enhancing))  # most enhancement first, then most brain
     chosen: list[int] = []
-    for index in order:  # spread the picks: at least 5% of the stack apart
-        if all(abs(int(index) - c) >= max(1, mask.shape[0] // 20) for c in chosen):
+    for index in order:
+        if all(abs(int(index) - c) >= max(1, depth // 20) for c in chosen):
             chosen.append(int(index))
         if len(chosen) == count:
             break
@@ -52,7 +52,7 @@ def write_preview(out_png: Path, normalized: Any, synthetic: Any, *, count: int 
     brain = np.asarray(normalized.brain, dtype=bool)
     low, high = np.percentile(x_pc[brain] if brain.any() else x_pc, [1, 99.5])
     high = max(high, float(np.percentile(x_syn[brain] if brain.any() else x_syn, 99.5)))
-    rows = preview_slices(mask, count)
+    rows = preview_slices(mask, count, brain)
     columns = [("pre-contrast T1", x_pc), ("low-dose T1", x_ld), ("SYNTHETIC T1+C", x_syn)]
     fig, axes = plt.subplots(len(rows), 4, figsize=(13, 3.3 * len(rows)), squeeze=False)
     for r, k in enumerate(rows):
