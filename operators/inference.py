@@ -28,6 +28,7 @@ __all__ = [
     "predict_volume",
     "select_providers",
     "sliding_window",
+    "window_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ class InferenceSettings:
         Sliding-window overlap in [0, 1); None = the manifest's ``patch_overlap``.
     batch_size:
         Patches per ONNX call; None = the manifest's ``batch_size``.
+    max_patch_voxels:
+        A model without a patch size runs on the whole volume up to this many voxels, and by sliding window
+        (windows of at most this size, overlap 0.25) beyond: the activations of a whole 1 mm head need over 4 GiB.
+        None: always the whole volume.
     """
 
     providers: tuple[str, ...] | None = None
@@ -65,6 +70,7 @@ class InferenceSettings:
     tta: bool | None = None
     overlap: float | None = None
     batch_size: int | None = None
+    max_patch_voxels: int | None = 160**3
 
 
 @dataclass
@@ -164,6 +170,9 @@ def _new_session(path: str, providers: tuple[str, ...], intra: int, inter: int) 
     # The memory-pattern planner keeps the first run's arena and grows it on the next: a warm full-size session
     # held about 5.3 GiB from the second call on instead of 2.8 GiB, with no measurable speed gain (gadsynth bench).
     options.enable_mem_pattern = False
+    # Without the arena, a window's activations go back to the allocator when the call returns, so the stages
+    # after inference reuse that memory instead of adding to it (a 0.5 mm study: 3.9 -> see gadsynth bench).
+    options.enable_cpu_mem_arena = False
     session = ort.InferenceSession(path, sess_options=options, providers=list(providers))
     logger.info("ONNX Runtime session for %s on %s", path, session.get_providers())
     return session
@@ -284,6 +293,7 @@ def predict_volume(
     tta: bool = False,
     overlap: float | None = None,
     batch_size: int | None = None,
+    patch_size: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Run the model on a whole volume: in one piece when it fits the patch size, else by sliding window.
 
@@ -299,6 +309,8 @@ def predict_volume(
         (F,) float32 condition vector, or None.
     tta:
         Average over the 8 combinations of flips along the three spatial axes.
+    patch_size:
+        Window size overriding the manifest's (see :func:`window_for`).
 
     Returns
     -------
@@ -317,7 +329,7 @@ def predict_volume(
         out = session.run([output_name], feeds)[0]
         return np.asarray(out, dtype=np.float32)
 
-    patch = manifest.patch_size
+    patch = tuple(patch_size) if patch_size is not None else manifest.patch_size
     fits = patch is None or all(n <= p for n, p in zip(inputs.shape[1:], patch, strict=True))
 
     def once(volume: np.ndarray) -> tuple[np.ndarray, int]:
@@ -340,6 +352,29 @@ def predict_volume(
     return total / np.float32(8.0), patches
 
 
+#: Overlap of the windows a whole-volume model is run in when the volume is too large for one call.
+WINDOW_OVERLAP = 0.25
+
+
+def window_for(shape: Sequence[int], manifest: ModelManifest, max_voxels: int | None) -> tuple[int, int, int] | None:
+    """The sliding window for a whole-volume model on a volume of ``shape`` (Z, Y, X) over ``max_voxels``.
+
+    None when the manifest has its own patch size, when there is no limit, or when the volume fits. Otherwise a
+    window as close to a cube as the volume allows, each side a multiple of the model's spatial divisor.
+    """
+    if manifest.patch_size is not None or max_voxels is None or math.prod(shape) <= max_voxels:
+        return None
+    divisor = manifest.spatial_divisor
+    rounded = [int(math.ceil(n / divisor) * divisor) for n in shape]
+    side = max(divisor, round(max_voxels ** (1 / 3)) // divisor * divisor)
+    window = [min(n, side) for n in rounded]
+    for axis in np.argsort(rounded):  # give the room an axis does not need to the others
+        spare = max_voxels // math.prod(window)
+        if spare > 1 and window[axis] < rounded[axis]:
+            window[axis] = min(rounded[axis], window[axis] * spare // divisor * divisor)
+    return window[0], window[1], window[2]
+
+
 def infer(
     normalized: NormalizedInputs, settings: InferenceSettings | None = None, *, sessions: SessionPool | None = None
 ) -> Prediction:
@@ -358,14 +393,16 @@ def infer(
     session = (sessions or _DEFAULT_POOL).get(manifest, settings)
     providers = session.get_providers()
     tta = settings.tta if settings.tta is not None else any(p in _GPU_PROVIDERS for p in providers)
+    window = window_for(normalized.inputs.shape[1:], manifest, settings.max_patch_voxels)
     output, patches = predict_volume(
         session,
         manifest,
         normalized.inputs,
         normalized.condition,
         tta=tta,
-        overlap=settings.overlap,
+        overlap=settings.overlap if window is None or settings.overlap is not None else WINDOW_OVERLAP,
         batch_size=settings.batch_size,
+        patch_size=window,
     )
     seconds = time.perf_counter() - started
     logger.info(

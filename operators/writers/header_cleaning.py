@@ -22,7 +22,7 @@ from pydicom import Dataset, config
 from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
-from pydicom.valuerep import validate_value
+from pydicom.valuerep import DSfloat, validate_value
 
 from operators.study import SliceRef, Volume
 
@@ -117,16 +117,35 @@ def clean_header(source: Dataset) -> tuple[Dataset, list[str]]:
     return cleaned, notes
 
 
+def _slice_thickness(cleaned: Dataset, spacing_mm: float, notes: list[str]) -> None:
+    """A classic slice without a usable SliceThickness gets the stack's slice spacing (required by the SEG's pixel
+    measures and the MR image module when it is known)."""
+    if "PerFrameFunctionalGroupsSequence" in cleaned or "SharedFunctionalGroupsSequence" in cleaned:
+        return
+    value = cleaned.get("SliceThickness")
+    try:
+        usable = value not in (None, "") and math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        usable = False
+    if not usable:
+        cleaned.SliceThickness = DSfloat(f"{spacing_mm:.6g}", auto_format=True)
+        note = f"SliceThickness missing or invalid in the source; the slice spacing ({spacing_mm:.6g} mm) is written"
+        if note not in notes:
+            notes.append(note)
+
+
 def clean_volume(volume: Volume) -> tuple[Volume, list[str]]:
     """The volume with every slice's header cleaned (:func:`clean_header`); warnings once per distinct problem."""
     cleaned_by_id: dict[int, Dataset] = {}
     notes: list[str] = []
     slices: list[SliceRef] = []
+    spacing = float(volume.image.GetSpacing()[2])
     for ref in volume.slices:
         key = id(ref.dataset)
         if key not in cleaned_by_id:
             cleaned_by_id[key], found = clean_header(ref.dataset)
             notes.extend(note for note in found if note not in notes)
+            _slice_thickness(cleaned_by_id[key], spacing, notes)
         slices.append(replace(ref, dataset=cleaned_by_id[key]))
     for note in notes:
         logger.warning("%s: %s", volume.series.label, note)
