@@ -85,23 +85,28 @@ def _read_native(
         length = struct.unpack("<I", header[4:8] if implicit else header[8:12])[0]
         if length == 0xFFFFFFFF:
             return None
+        if length < expected:  # before allocating: a header can claim any size
+            raise _truncated(series, instance, expected, length)
         if buffer is not None and buffer.dtype == dtype and buffer.size == count and buffer.flags.c_contiguous:
             got = fp.readinto(buffer.data.cast("B"))
             data = buffer if got == expected else buffer.reshape(-1)[: got // dtype.itemsize]
         else:
             data = np.fromfile(fp, dtype=dtype, count=count)
-    if length < expected or data.size * dtype.itemsize < expected:
-        found = min(length, data.size * dtype.itemsize)
-        raise CorruptFileError(
-            f"{series.label}: instance {instance.sop_instance_uid} holds {found} bytes of pixel data, "
-            f"expected {expected} (Rows x Columns x NumberOfFrames x BitsAllocated / 8): the file is truncated. "
-            "Send the series again.",
-            series_instance_uid=series.series_instance_uid,
-            attribute="PixelData",
-            expected=f"{expected} bytes",
-            found=f"{found} bytes",
-        )
+    if data.size * dtype.itemsize < expected:
+        raise _truncated(series, instance, expected, data.size * dtype.itemsize)
     return data
+
+
+def _truncated(series: Series, instance: Instance, expected: int, found: int) -> CorruptFileError:
+    return CorruptFileError(
+        f"{series.label}: instance {instance.sop_instance_uid} holds {found} bytes of pixel data, "
+        f"expected {expected} (Rows x Columns x NumberOfFrames x BitsAllocated / 8): the file is truncated, or "
+        "those attributes are wrong. Send the series again.",
+        series_instance_uid=series.series_instance_uid,
+        attribute="PixelData",
+        expected=f"{expected} bytes",
+        found=f"{found} bytes",
+    )
 
 
 def read_pixels(series: Series, instance: Instance, buffer: np.ndarray | None = None) -> np.ndarray:

@@ -184,13 +184,16 @@ def frame_geometry(series: Series) -> list[FrameGeometry]:
         rows, columns = _matrix(series, instance)
         label = f"instance {instance.sop_instance_uid}"
         if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
-            count = number_of_frames(ds)
+            count = _frame_count(series, instance)
             if not 1 <= count <= MAX_FRAMES:
                 _geometry_error(series, "NumberOfFrames", f"1 to {MAX_FRAMES} frames", f"{count} in {label}")
             for index in range(count):
                 frames.append(_enhanced_frame(series, instance, index, rows, columns))
                 _check_frame(series, frames[-1])
             continue
+        count = _frame_count(series, instance)
+        if count != 1:
+            _geometry_error(series, "NumberOfFrames", "1 in a single-frame MR image", f"{count} in {label}")
         spacing = _floats(_raw(ds, 0x00280030), 2, "PixelSpacing", series, label)
         frames.append(
             FrameGeometry(
@@ -231,6 +234,19 @@ def _enhanced_frame(series: Series, instance: Instance, index: int, rows: int, c
         slope=_scalar(functional(transform, "RescaleSlope"), 1.0, "RescaleSlope", series, where),
         intercept=_scalar(functional(transform, "RescaleIntercept"), 0.0, "RescaleIntercept", series, where),
     )
+
+
+def _frame_count(series: Series, instance: Instance) -> int:
+    """NumberOfFrames of an instance, read as an integer (an input error when it is not one)."""
+    try:
+        return number_of_frames(instance.dataset)
+    except (TypeError, ValueError):
+        _geometry_error(
+            series,
+            "NumberOfFrames",
+            "an integer",
+            f"{_shown(_raw(instance.dataset, 0x00280008))} in instance {instance.sop_instance_uid}",
+        )
 
 
 def _matrix(series: Series, instance: Instance) -> tuple[int, int]:
