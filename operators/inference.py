@@ -60,8 +60,8 @@ class InferenceSettings:
         Patches per ONNX call; None = the manifest's ``batch_size``.
     max_patch_voxels:
         A model without a patch size runs on the whole volume up to this many voxels, and by sliding window
-        (windows of at most this size, overlap 0.25) beyond: the activations of a whole 1 mm head need over 4 GiB.
-        None: always the whole volume.
+        (windows of at most this size, overlap 0.25; see :func:`window_for`) beyond, so that a worker stays
+        under 4 GiB: the activations of a whole 1 mm head take about 2.7 GiB. None: always the whole volume.
     """
 
     providers: tuple[str, ...] | None = None
@@ -70,7 +70,7 @@ class InferenceSettings:
     tta: bool | None = None
     overlap: float | None = None
     batch_size: int | None = None
-    max_patch_voxels: int | None = 160**3
+    max_patch_voxels: int | None = 8_000_000
 
 
 @dataclass
@@ -356,23 +356,35 @@ def predict_volume(
 WINDOW_OVERLAP = 0.25
 
 
+def _starts_count(length: int, window: int, overlap: float) -> int:
+    return len(_starts(length, window, overlap))
+
+
 def window_for(shape: Sequence[int], manifest: ModelManifest, max_voxels: int | None) -> tuple[int, int, int] | None:
     """The sliding window for a whole-volume model on a volume of ``shape`` (Z, Y, X) over ``max_voxels``.
 
-    None when the manifest has its own patch size, when there is no limit, or when the volume fits. Otherwise a
-    window as close to a cube as the volume allows, each side a multiple of the model's spatial divisor.
+    None when the manifest has its own patch size, when there is no limit, or when the volume fits. Otherwise the
+    window (sides multiples of the model's spatial divisor, at most ``max_voxels``) that evaluates the fewest
+    voxels in all: a slab across the whole of two axes when one fits, else a cube.
     """
     if manifest.patch_size is not None or max_voxels is None or math.prod(shape) <= max_voxels:
         return None
     divisor = manifest.spatial_divisor
-    rounded = [int(math.ceil(n / divisor) * divisor) for n in shape]
+    full = [int(math.ceil(n / divisor) * divisor) for n in shape]
     side = max(divisor, round(max_voxels ** (1 / 3)) // divisor * divisor)
-    window = [min(n, side) for n in rounded]
-    for axis in np.argsort(rounded):  # give the room an axis does not need to the others
-        spare = max_voxels // math.prod(window)
-        if spare > 1 and window[axis] < rounded[axis]:
-            window[axis] = min(rounded[axis], window[axis] * spare // divisor * divisor)
-    return window[0], window[1], window[2]
+    candidates = [[min(n, side) for n in full]]
+    for axis in range(3):
+        across = math.prod(n for i, n in enumerate(full) if i != axis)
+        depth = max_voxels // across // divisor * divisor
+        if depth >= 2 * divisor:
+            candidates.append([depth if i == axis else n for i, n in enumerate(full)])
+
+    def cost(window: list[int]) -> int:
+        calls = math.prod(_starts_count(n, w, WINDOW_OVERLAP) for n, w in zip(full, window, strict=True))
+        return calls * math.prod(window)
+
+    best = min(candidates, key=cost)
+    return best[0], best[1], best[2]
 
 
 def infer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from operators.inference import (
     predict_volume,
     select_providers,
     sliding_window,
+    window_for,
 )
 from operators.model_manifest import ModelManifest, file_sha256
 from tests.conftest import REPO
@@ -193,3 +195,18 @@ class TestBaselineModel:
         np.testing.assert_allclose(out[0], brain * (x_ld - x_pc) / 0.25, rtol=1e-5, atol=1e-6)
         tiny, _ = predict_volume(get_session(manifest), manifest, inputs, np.array([0.0], dtype=np.float32))
         assert np.isfinite(tiny).all()  # the dose is floored at 0.01 inside the graph
+
+
+class TestWindowForLargeVolumes:
+    """Whole-volume models are run in windows above a voxel budget (memory), choosing the cheapest window."""
+
+    def test_small_volumes_run_whole(self) -> None:
+        manifest = ModelManifest.load(REPO / "models" / "ce-lowdose-v1")
+        assert window_for((192, 256, 256), manifest, None) is None
+        assert window_for((48, 64, 64), manifest, 8_000_000) is None
+
+    def test_a_slab_across_the_head_when_it_fits(self) -> None:
+        manifest = ModelManifest.load(REPO / "models" / "ce-lowdose-v1")
+        window = window_for((192, 256, 256), manifest, 8_000_000)
+        assert window == (120, 256, 256)
+        assert math.prod(window) <= 8_000_000 and all(n % manifest.spatial_divisor == 0 for n in window)
