@@ -320,8 +320,9 @@ _CONTRAST: list[tuple[str, dict[str, str | None], str]] = [
     ("field-nan", {"MagneticFieldStrength": "nan"}, "refuse"),
     ("field-text", {"MagneticFieldStrength": "strong"}, "refuse"),
     ("dose-18000x", {"ContrastBolusVolume": "100", "PatientWeight": "1.1"}, "refuse"),
-    ("weight-zero-means-unknown", {"PatientWeight": "0"}, "ok"),
-    ("bolus-volume-missing", {"ContrastBolusVolume": None, "ContrastBolusTotalDose": None}, "ok"),
+    # unknown, not nonsense: the low-dose model needs the dose, so the study is refused with "give the dose"
+    ("weight-zero-means-unknown", {"PatientWeight": "0"}, "refuse"),
+    ("bolus-volume-missing", {"ContrastBolusVolume": None, "ContrastBolusTotalDose": None}, "refuse"),
 ]
 _CHARSETS: list[tuple[str, str, str]] = [
     ("utf8", "ISO_IR 192", "山田^太郎"),
