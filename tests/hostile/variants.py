@@ -437,7 +437,8 @@ def _structure_variants() -> Iterator[Variant]:
             f"missing-middle-slice/{role}", "structure", "refuse", _delete_files(role, lambda i, n: i != n // 2)
         )
         yield Variant(f"one-slice-left/{role}", "structure", "refuse", _delete_files(role, lambda i, n: i == n // 2))
-        yield Variant(f"half-the-slices/{role}", "structure", "refuse", _delete_files(role, lambda i, n: i % 2 == 0))
+        # every other slice gone: still one regular stack, at twice the spacing (usable, or refused: both fine)
+        yield Variant(f"half-the-slices/{role}", "structure", "either", _delete_files(role, lambda i, n: i % 2 == 0))
         yield Variant(f"series-removed/{role}", "structure", "refuse", _delete_files(role, lambda i, n: False))
     for role in _NOT_NEEDED:
         yield Variant(f"missing-middle-slice/{role}", "structure", "ok", _delete_files(role, lambda i, n: i != n // 2))
