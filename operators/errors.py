@@ -97,4 +97,11 @@ class MultipleStudiesError(InputDicomError):
 
 
 class RegistrationError(InputDicomError):
-    """Two series could not be aligned (no convergence, or a quality figure below its threshold)."""
+    """Two series could not be aligned (no convergence, or a quality figure below its threshold).
+
+    What is at fault is the images' content, so ``attribute`` is PixelData unless a caller names another.
+    """
+
+    def __init__(self, message: str, **fields: str | None) -> None:
+        fields.setdefault("attribute", "PixelData")
+        super().__init__(message, **fields)

@@ -20,6 +20,8 @@ __all__ = ["check_decodable", "native_dtype", "number_of_frames", "read_pixels",
 logger = logging.getLogger(__name__)
 
 _NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+#: What pydicom and the decoder plugins raise on damaged pixel data.
+_DECODE_ERRORS = (ValueError, RuntimeError, EOFError, OSError, struct.error, AttributeError, KeyError, TypeError)
 
 
 def number_of_frames(ds: Dataset) -> int:
@@ -144,13 +146,19 @@ def read_pixels(series: Series, instance: Instance, buffer: np.ndarray | None = 
             return data.reshape(frames, rows, columns)
     try:
         full = dcmread(instance.path)
-        array = np.asarray(full.pixel_array)
-    except (ValueError, RuntimeError, EOFError, OSError, struct.error) as exc:
+        # decoders raise many kinds of error on damaged data; a wrong size is damage too
+        return np.asarray(full.pixel_array).reshape(frames, rows, columns)
+    except BaseException as exc:
+        # The Rust decoders (pylibjpeg-rle) panic on some damaged fragments: pyo3's PanicException derives from
+        # BaseException, so it would pass every `except Exception` up the stack and end the process.
+        if not isinstance(exc, _DECODE_ERRORS) and type(exc).__name__ != "PanicException":
+            raise
+        text = (str(exc).strip().splitlines() or [""])[0][:160]
         raise CorruptFileError(
-            f"{series.label}: cannot decode the pixel data of instance {instance.sop_instance_uid}: {exc}",
+            f"{series.label}: cannot decode the pixel data of instance {instance.sop_instance_uid}: {text}. "
+            "The file is damaged; send the series again.",
             series_instance_uid=series.series_instance_uid,
             attribute="PixelData",
             expected=f"{frames} decodable frame(s) of {rows}x{columns}",
-            found=f"{type(exc).__name__}",
+            found=f"{type(exc).__name__}: {text}",
         ) from exc
-    return array.reshape(frames, rows, columns)

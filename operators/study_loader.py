@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tqdm import tqdm
 
 from operators.errors import MultipleStudiesError, NoStudyError
@@ -40,6 +40,8 @@ NON_IMAGE_SOP_CLASSES: dict[str, str] = {
 #: Modalities that are never image series (structured reports, presentation states, key objects, raw data...).
 NON_IMAGE_MODALITIES = frozenset({"SR", "PR", "KO", "DOC", "RAW", "REG", "SEG", "RTSTRUCT", "PLAN", "FID"})
 
+#: The header reader's offset for "this file has Pixel Data, at no fixed byte position" (deflated data sets).
+PIXELS_AT_UNKNOWN_OFFSET = -1
 _PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
 _PIXEL_TAG_BE = b"\x7f\xe0\x00\x10"
 _READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, IndexError, struct.error)
@@ -103,6 +105,11 @@ def _read_header(path: Path) -> tuple[Dataset, int | None, bool]:
             if not little:
                 raise InvalidDicomError("Big endian data set without a meta header is not supported.") from None
             ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            # the data set is compressed: file positions mean nothing; read it whole to see whether it has pixels
+            fp.seek(0)
+            has_pixels = "PixelData" in dcmread(fp)
+            return ds, (PIXELS_AT_UNKNOWN_OFFSET if has_pixels else None), False
         offset = fp.tell()
         tag = fp.read(4)
     if tag in (_PIXEL_TAG_LE, _PIXEL_TAG_BE):
@@ -227,7 +234,7 @@ def load_studies(path: Path, *, progress: bool = False) -> list[Study]:
                 sop_class_uid=raw_text(ds, 0x00080016) or "",
                 transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)),
                 dataset=ds,
-                pixel_data_offset=offset,
+                pixel_data_offset=None if offset == PIXELS_AT_UNKNOWN_OFFSET else offset,
             )
         )
     _log_skipped(skipped)

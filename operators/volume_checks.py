@@ -60,9 +60,11 @@ def _refuse(volume: Volume, attribute: str, expected: str, found: str, hint: str
 
 def _structure(array: np.ndarray) -> float:
     """Share of the variance left after a Gaussian blur of 2 voxels, on the whole field of view subsampled to at
-    most 96 voxels per axis (the head against the air dominates; subsampling keeps noise white)."""
+    most 96 voxels per axis (the head against the air dominates; subsampling keeps noise white), each slice's mean
+    taken out first (noise whose level changes from slice to slice is still noise)."""
     steps = tuple(max(1, int(np.ceil(n / 96))) for n in array.shape)
-    sample = np.ascontiguousarray(array[tuple(slice(None, None, step) for step in steps)], dtype=np.float32)
+    sample = np.array(array[tuple(slice(None, None, step) for step in steps)], dtype=np.float32)  # a copy
+    sample -= sample.mean(axis=(1, 2), keepdims=True)  # slice-to-slice level changes are not anatomy
     variance = float(sample.var(dtype=np.float64))
     if variance <= 0.0:
         return 0.0

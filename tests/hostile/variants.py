@@ -18,6 +18,7 @@ import numpy as np
 from pydicom import Dataset, config, dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.uid import ImplicitVRLittleEndian
 
 __all__ = ["BASES", "Variant", "all_variants", "make_base"]
 
@@ -137,6 +138,37 @@ def set_pixels(role: str, change: Callable[[np.ndarray], np.ndarray]) -> Mutatio
     def apply(ds: Dataset) -> None:
         array = ds.pixel_array
         ds.PixelData = np.ascontiguousarray(change(array).astype(array.dtype)).tobytes()
+
+    return lambda study: _edit(study, role, "all", apply)
+
+
+def _saturate_series(role: str, percentile: float) -> Mutation:
+    """Every voxel of a series above its ``percentile`` set to that value: a receiver chain clipping the top."""
+
+    def apply(study: Path) -> None:
+        values = np.concatenate([dcmread(p).pixel_array.ravel() for p in files(study, role)])
+        ceiling = np.percentile(values, percentile)
+        _edit(
+            study,
+            role,
+            "all",
+            lambda ds: setattr(
+                ds, "PixelData", np.minimum(ds.pixel_array, ceiling).astype(ds.pixel_array.dtype).tobytes()
+            ),
+        )
+
+    return apply
+
+
+def _wrapped_signed(role: str) -> Mutation:
+    """Unsigned 16-bit values above 32767 declared signed: a site's export that wraps them negative."""
+
+    def apply(ds: Dataset) -> None:
+        array = ds.pixel_array.astype(np.int64)
+        array = np.where(array > np.median(array), array + 32768, array)  # the brighter half above 32767
+        ds.PixelData = np.clip(array, 0, 65535).astype(np.uint16).tobytes()
+        ds.BitsStored, ds.HighBit = 16, 15
+        _raw_set(ds, "PixelRepresentation", b"\x01\x00")
 
     return lambda study: _edit(study, role, "all", apply)
 
@@ -492,17 +524,15 @@ def _pixel_variants() -> Iterator[Variant]:
         ("constant", lambda a: np.full_like(a, 417)),
         ("noise-only", _noise),
         ("saturated", lambda a: np.full_like(a, np.iinfo(a.dtype).max if a.dtype.kind in "iu" else 1)),
-        ("half-saturated", lambda a: np.maximum(a, np.percentile(a, 30)).astype(a.dtype)),
     ]
     for slug, change in changes:
         for role in _NEEDED:
             yield Variant(f"{slug}/{role}", "pixels", "refuse", set_pixels(role, change))
         yield Variant(f"{slug}/t2", "pixels", "ok", set_pixels("t2", change))
     for role in _NEEDED:
+        yield Variant(f"top-40-percent-saturated/{role}", "pixels", "refuse", _saturate_series(role, 60.0))
         yield Variant(f"negative-slope/{role}", "pixels", "refuse", set_attribute(role, "all", "RescaleSlope", "-1"))
-        yield Variant(
-            f"wrapped-signed/{role}", "pixels", "refuse", set_attribute(role, "all", "PixelRepresentation", b"\x01\x00")
-        )
+        yield Variant(f"wrapped-signed/{role}", "pixels", "refuse", _wrapped_signed(role))
     for base in ("jpeg-ls", "jpeg2000", "rle"):
         for role in _NEEDED:
             for where in (0.5, 0.9):
@@ -543,6 +573,7 @@ def _strip_meta(role: str) -> Mutation:
     def apply(study: Path) -> None:
         for path in files(study, role):
             ds = dcmread(path)
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
             ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
             data = path.read_bytes()
             if data[128:132] == b"DICM":  # drop preamble and meta header: a raw data set
