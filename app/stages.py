@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.job import Job, PipelineRequest, Stage
 from app.model_choice import choose_by_roles, choose_named, named_choice
-from operators.errors import InputDicomError, RegistrationError, describe_series
+from operators.errors import InconsistentGeometryError, InputDicomError, RegistrationError, describe_series
 from operators.model_manifest import ModelManifest
 from operators.roles import Role
 
@@ -95,7 +95,10 @@ def _build_volumes(pipeline: Pipeline, job: Job) -> None:
     from operators.working_grid import to_working_grid, working_grid
 
     selection = _need(job.results.selection, "selection")
-    volumes = build_volumes(selection, _roles(job.results.manifest, job.request))
+    try:
+        volumes = build_volumes(selection, _roles(job.results.manifest, job.request))
+    except InconsistentGeometryError as exc:
+        raise _with_unread_files(exc, selection.study) from exc
     check_volumes(volumes)
     finest = pipeline.settings.min_working_spacing_mm
     grid = working_grid(volumes[Role.T1_PRE].image, finest) if Role.T1_PRE in volumes else None
@@ -103,6 +106,22 @@ def _build_volumes(pipeline: Pipeline, job: Job) -> None:
         job.results.source_reference = volumes[Role.T1_PRE]
         volumes = to_working_grid(volumes, grid)
     job.results.volumes = volumes
+
+
+def _with_unread_files(error: InconsistentGeometryError, study: Any) -> InconsistentGeometryError:
+    """A missing slice is often a file the loader could not read: say so, with the reasons (never the paths)."""
+    unread = [s for s in study.skipped if not s.reason.startswith(("not an image", "not DICOM", "duplicate"))]
+    if not unread:
+        return error
+    reasons = sorted({s.reason.split(" (")[0] for s in unread})
+    return InconsistentGeometryError(
+        f"{error} {len(unread)} file(s) of the study could not be read ({'; '.join(reasons)}): a missing slice may "
+        "be one of them.",
+        series_instance_uid=error.series_instance_uid,
+        attribute=error.attribute,
+        expected=error.expected,
+        found=error.found,
+    )
 
 
 def _register(pipeline: Pipeline, job: Job) -> None:

@@ -203,7 +203,8 @@ def load_studies(path: Path, *, progress: bool = False) -> list[Study]:
         try:
             ds, offset, at_end = _read_header(file)
         except InvalidDicomError:
-            skipped.append(SkippedFile(file, "not DICOM"))
+            empty = file.stat().st_size == 0
+            skipped.append(SkippedFile(file, "empty file (0 bytes)" if empty else "not DICOM"))
             continue
         except _READ_ERRORS as exc:
             skipped.append(SkippedFile(file, f"unreadable DICOM ({type(exc).__name__}: {exc})"))
