@@ -95,8 +95,11 @@ class StageResults:
     synthetic: SyntheticResult | None = None
     written: list[OutputEntry] | None = None
     preview: Path | None = None
-    #: The source t1_pre when the study runs on a coarser working grid (sub-millimetre T1s; see
-    #: ``operators.working_grid``): the writers use its grid and slices; ``synthetic`` is brought back onto it.
+    #: Whether the study runs on a coarser working grid (sub-millimetre T1s; see ``operators.working_grid``).
+    on_working_grid: bool = False
+    #: The source t1_pre at its own resolution, read again after inference when the study ran on a working grid
+    #: (not held through inference: 336 MB for a 0.5 mm T1): the writers use its grid and slices, and
+    #: ``synthetic`` is brought back onto it.
     source_reference: Volume | None = None
     #: The post-processing result on the working grid (the preview draws it beside the working-grid inputs).
     synthetic_work: SyntheticResult | None = None

@@ -103,7 +103,7 @@ def _build_volumes(pipeline: Pipeline, job: Job) -> None:
     finest = pipeline.settings.min_working_spacing_mm
     grid = working_grid(volumes[Role.T1_PRE].image, finest) if Role.T1_PRE in volumes else None
     if grid is not None:  # a sub-millimetre study: every stage runs on the working grid
-        job.results.source_reference = volumes[Role.T1_PRE]
+        job.results.on_working_grid = True
         volumes = to_working_grid(volumes, grid)
     job.results.volumes = volumes
 
@@ -171,9 +171,12 @@ def _postprocess(pipeline: Pipeline, job: Job) -> None:
     results = job.results
     normalized = _need(results.normalized, "normalized")
     synthetic = postprocess(_need(results.prediction, "prediction"), normalized)
-    if results.source_reference is not None:
+    if results.on_working_grid:
+        from operators.series_to_volume import build_volume
         from operators.working_grid import to_source_grid
 
+        selection = _need(results.selection, "selection")
+        results.source_reference = build_volume(selection.roles[Role.T1_PRE], Role.T1_PRE)
         results.synthetic_work = synthetic
         clip = results.manifest.postprocess.clip_negative
         synthetic = to_source_grid(synthetic, results.source_reference, normalized.x_pc, clip_negative=clip)
