@@ -79,7 +79,7 @@ class TestSkipping:
         study = load_study(tmp_path)
         reasons = {s.path.name: s.reason for s in study.skipped}
         assert reasons["notes.txt"] == "not DICOM"
-        assert reasons["empty.dcm"] == "not DICOM"
+        assert reasons["empty.dcm"] == "empty file (0 bytes)"
         assert paths[3].name in reasons
         assert reasons[paths[3].name].endswith("(the file ends early: truncated?)")
         assert len(study.series[0].instances) == 9

@@ -124,10 +124,12 @@ class _EagerSession:
         self._condition_tensor = condition_tensor
         self._input_tensor = input_tensor
 
-    def run(self, output_names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(
+        self, output_names: Sequence[str], feeds: dict[str, np.ndarray], run_options: object = None
+    ) -> list[np.ndarray]:
         import torch
 
-        del output_names  # one output
+        del output_names, run_options  # one output; ONNX Runtime's run options mean nothing to PyTorch
         with torch.inference_mode():
             image = torch.from_numpy(feeds[self._input_tensor])
             if self._condition_tensor is not None and self._condition_tensor in feeds:
