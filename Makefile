@@ -28,6 +28,7 @@ run: setup
 	@if [ ! -d $(SAMPLE)/study/dicom ]; then \
 	  $(ULIMIT) $(BIN)/gadsynth phantom --seed 1 --out $(SAMPLE)/study; \
 	fi
+	@rm -rf $(SAMPLE)/output  # the pipeline never overwrites an earlier run's results: this target replaces them
 	@$(ULIMIT) $(BIN)/gadsynth run $(SAMPLE)/study/dicom $(SAMPLE)/output --preview
 	@echo "Sample study:  $(SAMPLE)/study/dicom (ground truth in $(SAMPLE)/study/truth)"
 	@echo "Outputs:       $(SAMPLE)/output (synthetic_t1c/, seg/, report.json)"
