@@ -44,6 +44,12 @@ def _register() -> None:
 
     cli.command("run", help="Run the pipeline once on a study folder (same as python -m app).")(run)
 
+    from app.service.cli import apikey, serve, worker
+
+    cli.command("serve", help="Start the HTTP service and its workers (embedded defaults: SQLite, local spool).")(serve)
+    cli.command("worker", help="Start worker processes only (many-machine installations).")(worker)
+    cli.command("apikey", help="Make an API key for the service (prints the key and its hashed entry).")(apikey)
+
     from training.bench.cli import bench
 
     cli.command("bench", help="Speed and memory benchmarks; JSON plus a Markdown table.")(bench)

@@ -7,6 +7,9 @@ declare -A need=(
   [storescu]=dcmtk
   [dcm2niix]=dcm2niix
   [Orthanc]=orthanc
+  [redis-server]=redis-server
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -14,6 +17,9 @@ for cmd in "${!need[@]}"; do
 done
 # The DICOMweb plugin has no command of its own.
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
+# PostgreSQL's server programs are not on PATH: they live under /usr/lib/postgresql/<version>/bin.
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null ||
+  missing+=(postgresql)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
