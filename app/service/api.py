@@ -13,21 +13,29 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.service.auth import COOKIE, Caller, KeyRing
-from app.service.options import JobOptions
+from app.service.options import MODEL_NAME_PATTERN, JobOptions
 from app.service.settings import Scope, ServiceSettings
 from app.service.spool import Incoming, UploadError, fsync_dir, move_durably, remove_tree, study_key
 from app.service.store import FINISHED, JobRow, JobState, JobStore, StowBatch, new_job_id
 from app.service.supervisor import Supervisor, job_folder, purge_job
 from app.service.upload import Received, receive_body
+from operators.contrast import FIELD_STRENGTH_T, RELATIVE_DOSE
+from operators.roles import AGENT_ALIASES
 
 __all__ = ["create_app"]
 
@@ -100,6 +108,14 @@ class JobPage(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+#: The API key scheme as the OpenAPI document shows it (``auto_error=False``: :meth:`KeyRing.caller` decides).
+_BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+
+
+def _ref(schema: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{schema}"}
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -181,6 +197,9 @@ def create_app(
         version=_version(),
         summary="Synthetic contrast-enhanced brain MRI (research use, not for diagnosis).",
         lifespan=lifespan,
+        openapi_url=None,  # served below, behind a key like every route but /healthz
+        docs_url=None,  # Swagger UI would load its scripts from a CDN, which a hospital network may not reach
+        redoc_url=None,
     )
     app.state.service = service
     if settings.cors_origins:
@@ -190,9 +209,19 @@ def create_app(
     async def _upload_error(_: Request, exc: UploadError) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:  # Starlette's Allow names the methods of the first route only; list every route's
+            routes = [
+                r for r in app.router.routes if isinstance(r, APIRoute) and r.matches(request.scope)[0] != Match.NONE
+            ]
+            allow = ", ".join(sorted({m for r in routes for m in r.methods or ()}))
+            return JSONResponse({"detail": exc.detail}, status_code=405, headers={"Allow": allow})
+        return await http_exception_handler(request, exc)
+
     def auth(scope: Scope) -> Any:
-        def check(request: Request) -> Caller:
-            return keys.caller(request, scope)
+        def check(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> Caller:
+            return keys.caller(request, scope)  # _BEARER only documents the scheme: the check is KeyRing's
 
         return Depends(check)
 
@@ -203,6 +232,10 @@ def create_app(
     }
 
     # --- health --------------------------------------------------------------------------------------------------
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(_: Caller = read) -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     @app.get("/healthz", tags=["health"], summary="Alive (no key needed).")
     def healthz() -> dict[str, str]:
@@ -219,7 +252,13 @@ def create_app(
         ok = all(c["ok"] for c in checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics.", responses=errors)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics.",
+        responses=errors | {200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+        response_class=Response,
+    )
     def metrics(_: Caller = read) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -230,16 +269,36 @@ def create_app(
     # --- posting a study -----------------------------------------------------------------------------------------
 
     def job_options(
-        model: Annotated[str | None, Query(description="Model name; default: chosen by the series found.")] = None,
+        model: Annotated[
+            str | None,
+            Query(pattern=MODEL_NAME_PATTERN, description="Model name; default: chosen by the series found."),
+        ] = None,
         outputs: Annotated[
-            list[str] | None, Query(description="Extra outputs: sc (Secondary Capture), beyond_dose.")
+            list[Literal["sc", "beyond_dose"]] | None,
+            Query(description="Extra outputs: sc (Secondary Capture), beyond_dose."),
         ] = None,
         dose: Annotated[
-            float | None, Query(description="Relative dose of the low-dose series if its header has none.")
+            float | None,
+            Query(
+                ge=RELATIVE_DOSE[0],
+                le=RELATIVE_DOSE[1],
+                description="Relative dose of the low-dose series if its header has none.",
+            ),
         ] = None,
-        agent: Annotated[str | None, Query(description="Contrast agent if the headers name none.")] = None,
+        agent: Annotated[
+            str | None,
+            Query(
+                description="Contrast agent if the headers name none (case does not matter).",
+                json_schema_extra={"enum": sorted(AGENT_ALIASES)},
+            ),
+        ] = None,
         field_strength_t: Annotated[
-            float | None, Query(description="Field strength (T) if the headers say none.")
+            float | None,
+            Query(
+                ge=FIELD_STRENGTH_T[0],
+                le=FIELD_STRENGTH_T[1],
+                description="Field strength (T) if the headers say none.",
+            ),
         ] = None,
     ) -> JobOptions:
         values: dict[str, Any] = {"model": model, "outputs": outputs or [], "dose": dose, "agent": agent}
@@ -253,7 +312,9 @@ def create_app(
     async def synthesize(
         request: Request,
         options: JobOptions = Depends(job_options),  # noqa: B008 - FastAPI's dependency declaration
-        wait: Annotated[float, Query(ge=0, description="Seconds to wait for the result (0: answer 202 at once).")] = 0,
+        wait: float = Query(  # the bound is a setting: not in the annotation, which is evaluated later
+            0, ge=0, le=settings.max_wait_seconds, description="Seconds to wait for the result (0: answer 202 at once)."
+        ),
         force: Annotated[bool, Query(description="Run again even when the same study was posted before.")] = False,
         _: Caller = write,
     ) -> Response:
@@ -310,7 +371,14 @@ def create_app(
             400: {"model": Problem, "description": "A part is not DICOM, a bad zip, or several studies."},
             413: {"model": Problem, "description": "Too large or too many files."},
             415: {"model": Problem, "description": "Unsupported Content-Type."},
-            422: {"description": "Invalid option; or (with wait) the study is not eligible: the job says why."},
+            422: {
+                "description": "Invalid option; or (with wait) the study is not eligible: the job says why.",
+                "content": {
+                    "application/json": {
+                        "schema": {"anyOf": [_ref("HTTPValidationError"), _ref("Problem"), _ref("JobView")]}
+                    }
+                },
+            },
             507: {"model": Problem, "description": "The spool disk is below its floor."},
         },
         "response_model": None,
@@ -464,7 +532,14 @@ def create_app(
         return await stow(request)
 
     @app.post("/dicomweb/studies/{study}", summary="STOW-RS: store instances of one study.", **stow_doc)
-    async def stow_study(request: Request, study: str, _: Caller = write) -> JSONResponse:
+    async def stow_study(
+        request: Request,
+        study: Annotated[
+            str,  # checked by _is_uid (400, as DICOMweb answers), so the pattern is documentation only
+            PathParam(description="Study Instance UID.", json_schema_extra={"pattern": _UID_PATTERN, "maxLength": 64}),
+        ],
+        _: Caller = write,
+    ) -> JSONResponse:
         return await stow(request, study)
 
     # --- the status page -----------------------------------------------------------------------------------------
@@ -501,10 +576,13 @@ def _version() -> str:
     return __version__
 
 
+_UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+
+
 def _is_uid(value: str) -> bool:
     import re
 
-    return bool(re.fullmatch(r"[0-9]+(\.[0-9]+)*", value)) and len(value) <= 64
+    return bool(re.fullmatch(_UID_PATTERN, value)) and len(value) <= 64
 
 
 def _multipart(files: list[Path], boundary: str) -> Iterator[bytes]:

@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,7 @@ def serve(
     store = JobStore(settings.database)
     queue = JobQueue(settings)
     keys = KeyRing(ensure_key(settings))
-    pool = _start_pool(settings) if settings.workers else None
+    pool = _PoolKeeper(settings) if settings.workers else None
     app = create_app(settings, keys, store, queue)
     typer.echo(
         f"GadSynth service on http{'s' if ssl_certfile else ''}://{settings.host}:{settings.port} "
@@ -77,11 +79,53 @@ def serve(
         uvicorn.Server(config).run()
     finally:
         if pool is not None:
-            pool.send_signal(signal.SIGINT)  # Huey: graceful, running jobs finish first
-            try:
-                pool.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pool.kill()
+            pool.stop()
+
+
+class _PoolKeeper:
+    """Runs the worker-pool process of `gadsynth serve` and starts a new one when it dies unasked (the OOM killer,
+    kill -9): without it the service would go on taking studies that no worker runs.
+
+    One thread starts, watches and stops the pool: Linux sends the pool its PR_SET_PDEATHSIG when the *thread* that
+    started it ends, so that thread lives until the pool has exited. A pool that exits with status 0 was asked to
+    stop (Ctrl-C reaches the whole process group) and is not started again.
+    """
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="worker-pool", daemon=True)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            pool, started = _start_pool(self.settings), time.monotonic()
+            while pool.poll() is None:
+                if self._stopping.wait(0.5):
+                    pool.send_signal(signal.SIGINT)  # Huey: graceful, running jobs finish first
+                    try:
+                        pool.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        pool.kill()
+                        pool.wait()
+                    return
+            if pool.returncode == 0:
+                logger.info("worker pool (pid %d) stopped", pool.pid)
+                return
+            delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
+            logger.error(
+                "worker pool (pid %d) exited with status %d; starting a new one in %.0f s; its running jobs are "
+                "queued again when their leases run out",
+                pool.pid,
+                pool.returncode,
+                delay,
+            )
+            self._stopping.wait(delay)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=90)
 
 
 def _start_pool(settings: Any) -> subprocess.Popen[bytes]:

@@ -9,10 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from operators.contrast import FIELD_STRENGTH_T, RELATIVE_DOSE
 from operators.roles import AGENT_ALIASES, Role
 
-__all__ = ["EXTRA_OUTPUTS", "JobOptions"]
+__all__ = ["EXTRA_OUTPUTS", "MODEL_NAME_PATTERN", "JobOptions"]
 
 #: Outputs beyond the synthetic series and the SEG, which every job writes.
 EXTRA_OUTPUTS = ("sc", "beyond_dose")
+#: What a model name may look like (it names a folder under the models directory).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class JobOptions(BaseModel):
@@ -20,9 +22,7 @@ class JobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Model name; None: by the roles."
-    )
+    model: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN, description="Model name; None: by the roles.")
     outputs: tuple[Literal["sc", "beyond_dose"], ...] = Field(
         default=(), description="Extra outputs: sc (Secondary Capture), beyond_dose (beyond-standard-dose series)."
     )

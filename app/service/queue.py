@@ -32,13 +32,16 @@ logger = logging.getLogger(__name__)
 TASK_NAME = "gadsynth.run_job"
 
 
+try:  # looked up once, here: a forked child of a threaded process must not dlopen (it may deadlock)
+    _prctl: Any = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: the workers outlive a killed parent; their leases protect the jobs
+    _prctl = None
+
+
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (a killed server takes its workers with it)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: the workers outlive a killed parent, and their leases still protect the jobs
-        pass
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def make_huey(settings: ServiceSettings) -> Huey:

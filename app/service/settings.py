@@ -79,10 +79,9 @@ class ServiceSettings(_Sources):
     supervisor_interval_s: float = Field(
         default=2.0, gt=0, description="How often leases, quiet STOW studies and retention are checked."
     )
-    public_url: str | None = Field(
-        default=None, description="Base URL clients reach the service at (STOW-RS RetrieveURL); None: from requests."
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="Log level of the service and its workers."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     @field_validator("database_url", "queue_url")
     @classmethod

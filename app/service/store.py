@@ -271,10 +271,12 @@ class JobStore:
             done = self._update(row.id, *conditions, state=JobState.CANCELLED, reason="cancelled", finished_at=now)
             return JobState.CANCELLED if done else None
         if row.attempt >= row.max_attempts:
+            times = "once" if row.attempt == 1 else f"{row.attempt} times"
+            limit = "1 attempt" if row.max_attempts == 1 else f"{row.max_attempts} attempts"
             error = {
                 "error": "WorkerLost",
-                "message": f"The worker running this job stopped {row.attempt} times without finishing it "
-                f"(last on {row.worker}); the job is not retried beyond {row.max_attempts} attempts.",
+                "message": f"The worker running this job stopped {times} without finishing it "
+                f"(last on {row.worker}); the job is not retried beyond {limit}.",
                 "stage": row.stage,
             }
             done = self._update(

@@ -19,7 +19,7 @@ __all__ = ["bench", "bench_pipeline"]
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ("phantom", "ingest", "pipeline", "warm", "large", "inference")
+SECTIONS = ("phantom", "ingest", "pipeline", "warm", "large", "inference", "service")
 
 
 def _run_child(command: list[str]) -> tuple[float, int, float]:
@@ -114,6 +114,8 @@ def bench(
     inference_repeats: int = typer.Option(
         3, "--inference-repeats", min=1, help="Timed runs per inference row, after one warm-up."
     ),
+    service_jobs: int = typer.Option(20, "--service-jobs", min=1, help="Studies posted at once in the service bench."),
+    service_workers: int = typer.Option(1, "--service-workers", min=1, help="Worker processes of the service bench."),
 ) -> None:
     """Time the phantom, the ingest (against MONAI Deploy's stock operators), the whole pipeline and the model's
     inference (ONNX Runtime as the pipeline runs it, beside PyTorch eager)."""
@@ -160,6 +162,13 @@ def bench(
                 work / "inference-bench", models_dir=models_dir, model=model, shape=shape, repeats=inference_repeats
             )
             (out / "inference.json").write_text(json.dumps(results["inference"], indent=2) + "\n")
+        if "service" in sections:
+            from training.bench.service import bench_service
+
+            typer.echo(
+                f"bench: the HTTP service ({service_jobs} full-size studies at once; overhead over run)...", err=True
+            )
+            results["service"] = bench_service(work, jobs=service_jobs, workers=service_workers)
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "bench.md").write_text(_markdown(results))
     typer.echo(json.dumps(results, indent=2))

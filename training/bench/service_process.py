@@ -134,7 +134,7 @@ class ServiceProcess:
 
 
 def wait_for_job(
-    client: httpx.Client, job_id: str, timeout: float = 180.0, states: tuple[str, ...] = ()
+    client: httpx.Client, job_id: str, timeout: float = 180.0, states: tuple[str, ...] = (), poll: float = 0.25
 ) -> dict[str, Any]:
     """Poll ``GET /v1/jobs/{id}`` until the job is finished (or in one of ``states``); the job's JSON."""
     finished = states or ("succeeded", "failed", "cancelled")
@@ -145,4 +145,4 @@ def wait_for_job(
             return job
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still {job.get('state')} after {timeout} s: {job}")
-        time.sleep(0.25)
+        time.sleep(poll)
