@@ -113,8 +113,10 @@ class Settings(MapPaths):
     beyond_dose_series_number: int = Field(default=9002, ge=1, le=2**31 - 1)
     seg_series_number: int = Field(default=9003, ge=1, le=2**31 - 1)
     sc_series_number: int = Field(default=9004, ge=1, le=2**31 - 1)
+    sr_series_number: int = Field(default=9005, ge=1, le=2**31 - 1)
     write_beyond_standard_dose: bool = False
     write_secondary_capture: bool = False
+    write_sr: bool = Field(default=True, description="Write the report as a DICOM SR (TID 1500) beside the SEG.")
     # Inference.
     providers: list[str] | None = Field(
         default=None, description="ONNX Runtime providers in order; None = TensorRT > CUDA > CPU as available."

@@ -94,8 +94,10 @@ class Pipeline:
             beyond_dose_series_number=settings.beyond_dose_series_number,
             seg_series_number=settings.seg_series_number,
             sc_series_number=settings.sc_series_number,
+            sr_series_number=settings.sr_series_number,
             write_beyond_standard_dose=_either(request.write_beyond_standard_dose, settings.write_beyond_standard_dose),
             write_secondary_capture=_either(request.write_secondary_capture, settings.write_secondary_capture),
+            write_sr=settings.write_sr,
         )
 
     def stages(self, request: PipelineRequest) -> list[Stage]:

@@ -185,13 +185,13 @@ def _postprocess(pipeline: Pipeline, job: Job) -> None:
 
 def _write_dicom(pipeline: Pipeline, job: Job) -> None:
     from operators.dicom_writer import write_outputs
-    from operators.writers import ModelIdentity
+    from operators.writers import ModelIdentity, input_series
 
     results = job.results
     registered = _need(results.registered, "registered")
     synthetic = _need(results.synthetic, "synthetic")
     manifest = results.manifest
-    notes: list[str] = []
+    notes = list(job.warnings)  # the run's warnings so far (the SR lists them); the writers append theirs
     written = write_outputs(
         results.source_reference or registered.reference,
         synthetic.synthetic,
@@ -200,10 +200,10 @@ def _write_dicom(pipeline: Pipeline, job: Job) -> None:
         settings=pipeline.writer_settings(job.request),
         enhancement_mask=synthetic.mask,
         synthetic_plus=synthetic.beyond,
-        other_sources=[v.series for role, v in registered.volumes.items() if role != Role.T1_PRE],
+        other_sources=input_series(registered, manifest.required_roles),  # what the model consumed, nothing else
         warnings=notes,
     )
-    for note in notes:
+    for note in notes[len(job.warnings) :]:
         job.warn(note)
     results.written = written
 

@@ -1,4 +1,4 @@
-"""DICOM writer: the synthetic series, the enhancement SEG and an optional Secondary Capture into the output folder."""
+"""DICOM writer: the synthetic series, the enhancement SEG, the report SR and an optional Secondary Capture."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from pydicom.uid import MRImageStorage, MultiFrameGrayscaleWordSecondaryCaptureImageStorage, SegmentationStorage
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    MRImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from operators.study import Series, Volume
 from operators.writers import (
@@ -22,12 +27,15 @@ from operators.writers import (
 )
 from operators.writers.content import SOFTWARE_NAME
 from operators.writers.header_cleaning import clean_volume
+from operators.writers.provenance import InputSeries, as_input_series
+from operators.writers.sr import write_report_sr
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "SC_FILE",
     "SEG_FILE",
+    "SR_FILE",
     "SYNTHETIC_DIR",
     "SYNTHETIC_PLUS_DIR",
     "WriterSettings",
@@ -39,6 +47,7 @@ SYNTHETIC_DIR = "synthetic_t1c"
 SYNTHETIC_PLUS_DIR = "synthetic_t1c_plus"
 SEG_FILE = Path("seg") / "enhancement_seg.dcm"
 SC_FILE = Path("sc") / "synthetic_t1c_sc.dcm"
+SR_FILE = Path("sr") / "report_sr.dcm"
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,10 @@ class WriterSettings:
     beyond_dose_series_number: int = 9002
     seg_series_number: int = 9003
     sc_series_number: int = 9004
+    sr_series_number: int = 9005
     write_beyond_standard_dose: bool = False
     write_secondary_capture: bool = False
+    write_sr: bool = True
     synthetic_series_description: str | None = None
     burn_in_sc_label: bool = True
 
@@ -64,38 +75,47 @@ def write_outputs(
     settings: WriterSettings | None = None,
     enhancement_mask: np.ndarray | None = None,
     synthetic_plus: sitk.Image | None = None,
-    other_sources: Sequence[Series] = (),
+    other_sources: Sequence[Series | InputSeries] = (),
     warnings: list[str] | None = None,
 ) -> list[OutputEntry]:
     """Write every DICOM output of one run into ``out_dir`` and list them for report.json.
 
     Writes the synthetic series (always), the beyond-standard-dose series (when given and enabled), the
-    enhancement SEG (when a mask is given) and the Secondary Capture (when enabled). The source headers are
-    cleaned first (:func:`operators.writers.header_cleaning.clean_volume`): invalid values are written empty and
-    named in ``warnings``.
+    enhancement SEG (when a mask is given), the Secondary Capture (when enabled) and, last, the report as a
+    Comprehensive 3D SR (when enabled and a mask is given: it measures the SEG). The source headers are cleaned
+    first (:func:`operators.writers.header_cleaning.clean_volume`): invalid values are written empty and named in
+    ``warnings``.
+
+    ``other_sources`` are the series the model consumed besides ``source`` (the ``t1_pre``), exactly those
+    (:func:`operators.writers.provenance.input_series` gives them from the registration): every output derives
+    from them and names them. ``warnings`` holds the run's warnings so far, which the SR lists; the writers'
+    own are appended to it.
 
     Raises
     ------
     TypeError, ValueError, InputDicomError
-        As the writers do (see ``write_synthetic_series``, ``write_enhancement_seg``, ``write_secondary_capture``).
+        As the writers do (see ``write_synthetic_series``, ``write_enhancement_seg``, ``write_secondary_capture``,
+        ``write_report_sr``).
     """
     settings = settings or WriterSettings()
+    inputs = as_input_series(other_sources)
     out_dir = Path(out_dir)
     source, notes = clean_volume(source)
-    if warnings is not None:
-        warnings.extend(notes)
+    if warnings is None:
+        warnings = []
+    warnings.extend(notes)
     outputs: list[OutputEntry] = []
 
-    files = write_synthetic_series(
+    synthetic_files = write_synthetic_series(
         source,
         synthetic,
         out_dir / SYNTHETIC_DIR,
         series_number=settings.synthetic_series_number,
         series_description=settings.synthetic_series_description,
-        other_sources=other_sources,
+        other_sources=inputs,
         model=model,
     )
-    outputs.append(_entry(OutputKind.SYNTHETIC_SERIES, out_dir / SYNTHETIC_DIR, files, MRImageStorage))
+    outputs.append(_entry(OutputKind.SYNTHETIC_SERIES, out_dir / SYNTHETIC_DIR, synthetic_files, MRImageStorage))
 
     if synthetic_plus is not None and settings.write_beyond_standard_dose:
         files = write_synthetic_series(
@@ -104,13 +124,14 @@ def write_outputs(
             out_dir / SYNTHETIC_PLUS_DIR,
             series_number=settings.beyond_dose_series_number,
             series_description=f"SYNTHETIC T1+C BEYOND DOSE ({SOFTWARE_NAME} {model.name})"[:64],
-            other_sources=other_sources,
+            other_sources=inputs,
             model=model,
         )
         outputs.append(_entry(OutputKind.SYNTHETIC_PLUS_SERIES, out_dir / SYNTHETIC_PLUS_DIR, files, MRImageStorage))
 
+    seg_path: Path | None = None
     if enhancement_mask is not None:
-        path = write_enhancement_seg(
+        seg_path = path = write_enhancement_seg(
             source,
             enhancement_mask,
             out_dir / SEG_FILE,
@@ -127,10 +148,25 @@ def write_outputs(
             series_number=settings.sc_series_number,
             burn_in=settings.burn_in_sc_label,
             model=model,
+            other_sources=inputs,
         )
         outputs.append(
             _entry(OutputKind.SECONDARY_CAPTURE, path, [path], MultiFrameGrayscaleWordSecondaryCaptureImageStorage)
         )
+
+    if settings.write_sr and seg_path is not None and enhancement_mask is not None:  # the SR measures the SEG
+        path = write_report_sr(
+            source,
+            out_dir / SR_FILE,
+            series_number=settings.sr_series_number,
+            model=model,
+            seg_path=seg_path,
+            enhancement_mask=enhancement_mask,
+            synthetic_files=synthetic_files,
+            other_sources=inputs,
+            warnings=list(warnings),
+        )
+        outputs.append(_entry(OutputKind.STRUCTURED_REPORT, path, [path], Comprehensive3DSRStorage))
     return outputs
 
 

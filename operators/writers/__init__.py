@@ -1,8 +1,9 @@
-"""Package for the DICOM writers (derived MR, SEG, Secondary Capture) and report.json."""
+"""Package for the DICOM writers (derived MR, SEG, report SR, Secondary Capture) and report.json."""
 
 from operators.writers.content import ModelIdentity
 from operators.writers.derived_mr import SYNTHETIC_IMAGE_TYPE, default_series_description, write_synthetic_series
 from operators.writers.enums import ConversionType, ImageTypeValue, OutputKind, PixelRepresentation, ReportStatus
+from operators.writers.provenance import InputSeries, input_series
 from operators.writers.report import (
     ContrastEntry,
     ErrorInfo,
@@ -18,6 +19,7 @@ from operators.writers.report import (
 )
 from operators.writers.sc import write_secondary_capture
 from operators.writers.seg import write_enhancement_seg
+from operators.writers.sr import write_report_sr
 
 __all__ = [
     "SYNTHETIC_IMAGE_TYPE",
@@ -25,6 +27,7 @@ __all__ = [
     "ConversionType",
     "ErrorInfo",
     "ImageTypeValue",
+    "InputSeries",
     "ModelIdentity",
     "ModelInfo",
     "NoiseEstimate",
@@ -37,9 +40,11 @@ __all__ = [
     "SelectionEntry",
     "SeriesSummary",
     "default_series_description",
+    "input_series",
     "read_report",
     "write_enhancement_seg",
     "write_report",
+    "write_report_sr",
     "write_secondary_capture",
     "write_synthetic_series",
 ]

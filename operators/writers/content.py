@@ -37,6 +37,8 @@ __all__ = [
     "referenced_series_item",
     "software_versions",
     "source_image_item",
+    "source_image_items",
+    "synthesizing_equipment",
     "synthetic_header",
     "synthetic_notice",
 ]
@@ -225,24 +227,31 @@ def synthetic_header(
 
 
 def contributing_equipment(source: Dataset, model: ModelIdentity) -> list[ContributingEquipment]:
-    """Contributing Equipment items: the scanner that acquired the source (when named) and GadSynth with its model."""
+    """Contributing Equipment items: the scanner that acquired the source (when named) and GadSynth with its model.
+
+    For objects that highdicom builds (SEG, SR), pass only :func:`synthesizing_equipment`: highdicom adds the
+    acquisition equipment of the source image itself, and the scanner would be described twice.
+    """
     items: list[ContributingEquipment] = []
     if source.get("Manufacturer"):
         items.append(_acquisition_equipment(source))
-    items.append(
-        ContributingEquipment(
-            manufacturer=SOFTWARE_NAME,
-            purpose_of_reference=codes.DCM.SynthesizingEquipment,
-            manufacturer_model_name=model.name,
-            software_versions=software_versions(model),
-            contribution_datetime=dt.datetime.now(),
-            contribution_description=(
-                f"Synthetic contrast enhancement by {SOFTWARE_NAME} {GADSYNTH_VERSION}, model {model.name} "
-                f"version {model.version}, model sha256 {model.sha256}"
-            ),
-        )
-    )
+    items.append(synthesizing_equipment(model))
     return items
+
+
+def synthesizing_equipment(model: ModelIdentity) -> ContributingEquipment:
+    """The Contributing Equipment item of GadSynth: software version, model name, version and sha256."""
+    return ContributingEquipment(
+        manufacturer=SOFTWARE_NAME,
+        purpose_of_reference=codes.DCM.SynthesizingEquipment,
+        manufacturer_model_name=model.name,
+        software_versions=software_versions(model),
+        contribution_datetime=dt.datetime.now(),
+        contribution_description=(
+            f"Synthetic contrast enhancement by {SOFTWARE_NAME} {GADSYNTH_VERSION}, model {model.name} "
+            f"version {model.version}, model sha256 {model.sha256}"
+        ),
+    )
 
 
 def _text(dataset: Dataset, keyword: str) -> str | None:
@@ -274,13 +283,17 @@ def _acquisition_equipment(source: Dataset) -> ContributingEquipment:
     )
 
 
-def source_image_item(ref: SliceRef) -> Dataset:
-    """One Source Image Sequence item: the source instance (and frame) a synthetic slice was computed from."""
+def source_image_item(ref: SliceRef, frame_numbers: Sequence[int] = ()) -> Dataset:
+    """One Source Image Sequence item: the source instance (and frames) a synthetic slice was computed from.
+
+    ``frame_numbers`` replaces the reference's own frame number when several frames of one instance are named.
+    """
     item = Dataset()
     item.ReferencedSOPClassUID = ref.sop_class_uid
     item.ReferencedSOPInstanceUID = ref.sop_instance_uid
-    if ref.frame_number is not None:
-        item.ReferencedFrameNumber = ref.frame_number
+    frames = list(frame_numbers) or ([] if ref.frame_number is None else [ref.frame_number])
+    if frames:
+        item.ReferencedFrameNumber = frames[0] if len(frames) == 1 else frames
     purpose = Dataset()
     code = codes.DCM.SourceImageForImageProcessingOperation
     purpose.CodeValue = code.value
@@ -288,6 +301,22 @@ def source_image_item(ref: SliceRef) -> Dataset:
     purpose.CodeMeaning = code.meaning
     item.PurposeOfReferenceCodeSequence = [purpose]
     return item
+
+
+def source_image_items(refs: Sequence[SliceRef]) -> list[Dataset]:
+    """Source Image Sequence items for ``refs``: one per instance, the frames of a multi-frame instance together."""
+    order: list[str] = []
+    first: dict[str, SliceRef] = {}
+    frames: dict[str, list[int]] = {}
+    for ref in refs:
+        uid = ref.sop_instance_uid
+        if uid not in first:
+            order.append(uid)
+            first[uid] = ref
+            frames[uid] = []
+        if ref.frame_number is not None and ref.frame_number not in frames[uid]:
+            frames[uid].append(ref.frame_number)
+    return [source_image_item(first[uid], frames[uid]) for uid in order]
 
 
 def referenced_series_item(series_instance_uid: str, refs: Sequence[SliceRef]) -> Dataset:

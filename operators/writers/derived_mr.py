@@ -23,9 +23,11 @@ from operators.writers.content import (
     ds_value,
     referenced_series_item,
     source_image_item,
+    source_image_items,
     synthetic_header,
 )
 from operators.writers.enums import ImageTypeValue
+from operators.writers.provenance import InputSeries, as_input_series, overlapping_slices, series_labels
 from operators.writers.source import (
     PixelFormat,
     check_same_grid,
@@ -39,7 +41,7 @@ from operators.writers.source import (
 )
 
 if TYPE_CHECKING:
-    from operators.study import Series, Volume
+    from operators.study import Series, SliceRef, Volume
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ def write_synthetic_series(
     model: ModelIdentity,
     series_description: str | None = None,
     series_instance_uid: str | None = None,
-    other_sources: Sequence[Series] = (),
+    other_sources: Sequence[Series | InputSeries] = (),
 ) -> list[Path]:
     """Write a synthetic image as an MR Image Storage series derived from its source series, one file per slice.
 
@@ -174,7 +176,10 @@ def write_synthetic_series(
     series_instance_uid:
         Defaults to a new UID.
     other_sources:
-        Further series the image was computed from (e.g. the low-dose series); named in DerivationDescription.
+        The other series the model consumed (e.g. the low-dose T1), as :class:`InputSeries` with their role and
+        registration transform (a plain ``Series`` is taken as not moved). Named in DerivationDescription; each
+        slice's Source Image Sequence and Referenced Series Sequence name the ``t1_pre`` slice and the slices of
+        each of them that overlap it (see :mod:`operators.writers.provenance`).
 
     Returns
     -------
@@ -223,7 +228,9 @@ def write_synthetic_series(
         )
     center, width = window_from_values(values)
     series_uid = series_instance_uid or generate_uid()
-    template = _template(source, model, fmt, series_uid, series_number, description, center, width, other_sources)
+    inputs = as_input_series(other_sources)
+    template = _template(source, model, fmt, series_uid, series_number, description, center, width, inputs)
+    used = [(other.series.series_instance_uid, overlapping_slices(source, other)) for other in inputs]
     keep_rescale = not np.allclose(rescales, [1.0, 0.0])  # MR has no Modality LUT module: write it only if needed
     keep_slice_location = source.slices[0].frame_number is None and "SliceLocation" in first
 
@@ -243,8 +250,8 @@ def write_synthetic_series(
         if keep_rescale:
             ds.RescaleIntercept = ds_value(rescales[index, 1])
             ds.RescaleSlope = ds_value(rescales[index, 0])
-        ds.SourceImageSequence = [source_image_item(ref)]
-        ds.ReferencedSeriesSequence = [referenced_series_item(source.series.series_instance_uid, [ref])]
+        others = [(series_uid, overlaps[index]) for series_uid, overlaps in used]
+        ds.SourceImageSequence, ds.ReferencedSeriesSequence = _references(source, ref, others)
         ds.add_new(PIXEL_DATA, "OB" if fmt.bits_allocated == 8 else "OW", stored[index].tobytes())
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MRImageStorage
@@ -274,7 +281,7 @@ def _template(
     description: str,
     center: float,
     width: float,
-    other_sources: Sequence[Series],
+    other_sources: Sequence[InputSeries],
 ) -> Dataset:
     """Every attribute that is the same for all slices of the synthetic series."""
     first_ref = source.slices[0]
@@ -319,9 +326,23 @@ def _template(
     return ds
 
 
-def _derivation_description(source: Volume, model: ModelIdentity, other_sources: Sequence[Series]) -> str:
-    uids = [source.series.series_instance_uid, *(s.series_instance_uid for s in other_sources)]
-    return derivation_description(model, uids, "Not acquired; no standard dose of contrast agent was given.")
+def _derivation_description(source: Volume, model: ModelIdentity, other_sources: Sequence[InputSeries]) -> str:
+    labels = series_labels(source, other_sources)
+    return derivation_description(model, labels, "Not acquired; no standard dose of contrast agent was given.")
+
+
+def _references(
+    source: Volume, ref: SliceRef, others: Sequence[tuple[str, Sequence[SliceRef]]]
+) -> tuple[list[Dataset], list[Dataset]]:
+    """Source Image Sequence and Referenced Series Sequence of one slice: its t1_pre slice, then each other
+    input's overlapping slices (a series none of whose slices overlaps this one is not named for it)."""
+    images = [source_image_item(ref)]
+    series = [referenced_series_item(source.series.series_instance_uid, [ref])]
+    for series_uid, refs in others:
+        if refs:
+            images.extend(source_image_items(refs))
+            series.append(referenced_series_item(series_uid, refs))
+    return images, series
 
 
 def _pixel_addition_code() -> Dataset:

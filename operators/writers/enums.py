@@ -71,5 +71,6 @@ class OutputKind(StrEnum):
     SYNTHETIC_PLUS_SERIES = "synthetic_plus_series"
     SEGMENTATION = "segmentation"
     SECONDARY_CAPTURE = "secondary_capture"
+    STRUCTURED_REPORT = "structured_report"
     REPORT = "report"
     PREVIEW = "preview"

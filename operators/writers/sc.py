@@ -22,9 +22,11 @@ from operators.writers.content import (
     ds_value,
     referenced_series_item,
     source_image_item,
+    source_image_items,
     synthetic_header,
 )
 from operators.writers.enums import ConversionType, ImageTypeValue
+from operators.writers.provenance import InputSeries, as_input_series, overlapping_slices, series_labels
 from operators.writers.source import (
     check_same_grid,
     series_label,
@@ -32,7 +34,9 @@ from operators.writers.source import (
 )
 
 if TYPE_CHECKING:
-    from operators.study import Volume
+    from collections.abc import Sequence
+
+    from operators.study import Series, Volume
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +113,7 @@ def write_secondary_capture(
     series_description: str | None = None,
     series_instance_uid: str | None = None,
     burn_in: bool = True,
+    other_sources: Sequence[Series | InputSeries] = (),
 ) -> Path:
     """Write the synthetic volume as one Multi-frame Grayscale Word Secondary Capture, labelled synthetic.
 
@@ -137,6 +142,9 @@ def write_secondary_capture(
         Defaults to a new UID.
     burn_in:
         Burn the word "SYNTHETIC" into each frame.
+    other_sources:
+        The other series the model consumed (see ``write_synthetic_series``): named in DerivationDescription;
+        their slices that overlap a ``t1_pre`` slice follow the ``t1_pre`` slices in the Source Image Sequence.
 
     Returns
     -------
@@ -170,7 +178,7 @@ def write_secondary_capture(
         if not burn_in_label(frames, foreground=top, background=bottom):
             logger.info("%s: image too small to burn in the SYNTHETIC label; the header still says it", label)
 
-    ds = _header(source, model, series_number, description, series_instance_uid)
+    ds = _header(source, model, series_number, description, series_instance_uid, as_input_series(other_sources))
     ds.NumberOfFrames = frames.shape[0]
     ds.FrameIncrementPointer = Tag("SliceLocationVector")
     spacing = synthetic.GetSpacing()
@@ -202,7 +210,12 @@ def write_secondary_capture(
 
 
 def _header(
-    source: Volume, model: ModelIdentity, series_number: int, description: str, series_instance_uid: str | None
+    source: Volume,
+    model: ModelIdentity,
+    series_number: int,
+    description: str,
+    series_instance_uid: str | None,
+    others: Sequence[InputSeries],
 ) -> Dataset:
     src = source.slices[0].dataset
     ds = synthetic_header(
@@ -229,9 +242,14 @@ def _header(
     ds.SecondaryCaptureDeviceManufacturerModelName = model.name
     ds.SecondaryCaptureDeviceSoftwareVersions = [f"{SOFTWARE_NAME} {GADSYNTH_VERSION}"]
     ds.ImageType = [ImageTypeValue.DERIVED.value, ImageTypeValue.SECONDARY.value]
-    ds.DerivationDescription = derivation_description(model, [source.series.series_instance_uid], "Not acquired.")
+    ds.DerivationDescription = derivation_description(model, series_labels(source, others), "Not acquired.")
     ds.SourceImageSequence = [source_image_item(ref) for ref in source.slices]
     ds.ReferencedSeriesSequence = [referenced_series_item(source.series.series_instance_uid, source.slices)]
+    for other in others:
+        refs = [ref for overlap in overlapping_slices(source, other) for ref in overlap]
+        if refs:
+            ds.SourceImageSequence.extend(source_image_items(refs))
+            ds.ReferencedSeriesSequence.append(referenced_series_item(other.series.series_instance_uid, refs))
     ds.RecognizableVisualFeatures = "NO"
     ds.LossyImageCompression = str(src.get("LossyImageCompression", "00")) or "00"
     return ds

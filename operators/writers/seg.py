@@ -18,7 +18,7 @@ from operators.writers.content import (
     SOFTWARE_NAME,
     ModelIdentity,
     check_series_options,
-    contributing_equipment,
+    synthesizing_equipment,
 )
 from operators.writers.source import (
     series_label,
@@ -151,7 +151,8 @@ def write_enhancement_seg(
         omit_empty_frames=omit_empty_frames and bool(mask.any()),
         series_description=description,
         content_qualification=hd.ContentQualificationValues.RESEARCH,
-        contributing_equipment=contributing_equipment(source_images[0], model),
+        # highdicom describes the scanner of source_images[0] itself: GadSynth is the only item to add.
+        contributing_equipment=[synthesizing_equipment(model)],
     )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

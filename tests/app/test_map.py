@@ -111,7 +111,60 @@ class TestSuccessfulRun:
             result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
             errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
             assert not errors, f"{path}: {errors}"
-            hd.imread(path) if "seg" not in path.parts else hd.seg.segread(path)
+            if "seg" in path.parts:
+                hd.seg.segread(path)
+            elif "sr" in path.parts:
+                hd.sr.srread(path)
+            else:
+                hd.imread(path)
+
+    def test_sr_reports_the_run(
+        self, phantom: PhantomStudy, map_run: tuple[Path, subprocess.CompletedProcess[str]]
+    ) -> None:
+        out, _ = map_run
+        report = json.loads((out / "report.json").read_text())
+        (entry,) = [o for o in report["outputs"] if o["kind"] == "structured_report"]
+        assert Path(entry["path"]) == out / "sr" / "report_sr.dcm"
+        assert (entry["series_number"], entry["sop_class_uid"]) == (9005, "1.2.840.10008.5.1.4.1.1.88.34")
+        sr = hd.sr.srread(out / "sr" / "report_sr.dcm")
+        assert sr.SeriesInstanceUID == entry["series_instance_uid"]
+        assert sr.StudyInstanceUID == report["study_instance_uid"]
+        assert "SYNTHETIC" in sr.SeriesDescription and report["model"]["name"] in sr.SeriesDescription
+        texts = [item.TextValue for item in sr.ContentSequence[-1].ContentSequence]
+        assert f"t1_pre (pre-contrast T1-weighted): {report['roles']['t1_pre']['series_instance_uid']}" in texts
+        low = report["roles"]["t1_low_dose"]["series_instance_uid"]
+        assert f"t1_low_dose (low-dose contrast-enhanced T1-weighted): {low}" in texts
+        assert not any(report["roles"][r]["series_instance_uid"] in " ".join(texts) for r in ("t1_standard_dose", "t2"))
+        (group,) = sr.content.get_volumetric_roi_measurement_groups()
+        (volume,) = group.get_measurements()
+        voxels = np.count_nonzero(dcmread(out / "seg" / "enhancement_seg.dcm").pixel_array)  # the SEG's set voxels
+        voxel_ml = float(np.prod(report["roles"]["t1_pre"]["spacing_mm"])) / 1000.0
+        assert volume.value > 0 and volume.unit.value == "ml"
+        assert volume.value == pytest.approx(voxels * voxel_ml, rel=1e-3)
+        params = [i.TextValue for i in group[0].ContentSequence if i.name.meaning == "Algorithm Parameters"]
+        assert f"model_sha256={report['model']['sha256']}" in params
+
+    def test_synthetic_slices_derive_from_the_model_inputs_only(
+        self, phantom: PhantomStudy, map_run: tuple[Path, subprocess.CompletedProcess[str]]
+    ) -> None:
+        out, _ = map_run
+        report = json.loads((out / "report.json").read_text())
+        uids = {role: summary["series_instance_uid"] for role, summary in report["roles"].items()}
+        low_dose = {
+            dcmread(p, stop_before_pixels=True).SOPInstanceUID
+            for p in phantom.series["t1_low_dose"].directory.glob("*.dcm")
+        }
+        named_low_dose = set()
+        for ds in _read_series(out / "synthetic_t1c"):
+            text = ds.DerivationDescription
+            assert f"{uids['t1_pre']} (t1_pre)" in text and f"{uids['t1_low_dose']} (t1_low_dose)" in text
+            assert not any(uids[r] in text for r in ("t1_standard_dose", "t2", "flair", "adc"))
+            series = {item.SeriesInstanceUID for item in ds.ReferencedSeriesSequence}
+            assert series <= {uids["t1_pre"], uids["t1_low_dose"]}
+            others = {item.ReferencedSOPInstanceUID for item in ds.SourceImageSequence[1:]}
+            assert others <= low_dose and len(others) <= 3
+            named_low_dose |= others
+        assert len(named_low_dose) >= len(low_dose) - 4  # the low dose covers the t1_pre but for a moved edge
 
     def test_enhancing_lesions_brighter_than_t1_pre(
         self, phantom: PhantomStudy, map_run: tuple[Path, subprocess.CompletedProcess[str]]
@@ -227,7 +280,12 @@ class TestFrontDoors:
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert (tmp_path / "preview.png").is_file()
-        assert json.loads((tmp_path / "report.json").read_text())["status"] == "ok"
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert report["status"] == "ok"
+        assert (tmp_path / "sr" / "report_sr.dcm").is_file()
+        assert {"kind": "structured_report", "path": str(tmp_path / "sr" / "report_sr.dcm")}.items() <= next(
+            o for o in report["outputs"] if o["kind"] == "structured_report"
+        ).items()
 
     def test_unknown_model_is_an_internal_error_with_a_clear_message(
         self, phantom: PhantomStudy, tmp_path: Path
@@ -247,8 +305,9 @@ VOLATILE_OUTPUTS = {"path", "series_instance_uid"}
 
 
 def _pixel_hashes(out: Path) -> dict[str, str]:
-    files = sorted(out.rglob("*.dcm"))
-    return {f"{p.parent.name}/{p.name}": hashlib.sha256(dcmread(p).PixelData).hexdigest() for p in files}
+    """SHA-256 of the pixel data of every image output (the SR holds none)."""
+    datasets = {f"{p.parent.name}/{p.name}": dcmread(p) for p in sorted(out.rglob("*.dcm"))}
+    return {name: hashlib.sha256(ds.PixelData).hexdigest() for name, ds in datasets.items() if "PixelData" in ds}
 
 
 def _compare(old: object, new: object, path: str, problems: list[str]) -> None:
@@ -287,6 +346,8 @@ class TestSameAsBefore:
     The report golden comes from the code before the single-pipeline redesign (commit 8cb402f): the redesign
     changed no pixel. The pixel golden was regenerated once since, when the synthetic image was made to equal
     the source outside the grown brain mask (issue 10): every voxel that changed then became the source's value.
+    The report golden gained one entry in ``outputs`` when the report SR was added (issue 13): nothing else in it
+    changed, and the SR holds no pixels, so the pixel golden did not change.
     """
 
     def test_pixel_data_is_byte_for_byte_the_same(self, map_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

@@ -64,8 +64,8 @@ class TestOnePipelineManyStudies:
         """Seed 11 through ``Pipeline.run`` matches the golden output of `gadsynth run` (the MAP graph)."""
         result = pipeline.run(PipelineRequest(study_dir=studies[0].dicom_dir, output_dir=tmp_path))
         assert result.exit_code == 0
-        files = sorted(tmp_path.rglob("*.dcm"))
-        hashes = {f"{p.parent.name}/{p.name}": hashlib.sha256(dcmread(p).PixelData).hexdigest() for p in files}
+        datasets = {f"{p.parent.name}/{p.name}": dcmread(p) for p in sorted(tmp_path.rglob("*.dcm"))}
+        hashes = {name: hashlib.sha256(ds.PixelData).hexdigest() for name, ds in datasets.items() if "PixelData" in ds}
         assert hashes == json.loads((GOLDEN / "seed11-small-pixels.json").read_text())
 
     def test_typed_results_of_every_stage(self, pipeline: Pipeline, studies: list[PhantomStudy]) -> None:
@@ -310,9 +310,41 @@ class TestOutputFolder:
     ) -> None:
         result = pipeline.run(PipelineRequest(study_dir=studies[1].dicom_dir, output_dir=tmp_path, preview=True))
         assert result.exit_code == 0
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["preview.png", "report.json", "seg", "synthetic_t1c"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "preview.png",
+            "report.json",
+            "seg",
+            "sr",
+            "synthetic_t1c",
+        ]
         for entry in result.report.outputs:
             assert Path(entry.path).exists() and ".gadsynth-partial-" not in entry.path
+
+
+class TestProvenance:
+    def test_outputs_name_only_the_series_the_model_consumed(
+        self, pipeline: Pipeline, studies: list[PhantomStudy], tmp_path: Path
+    ) -> None:
+        """The acquired standard dose is registered too (as training asks), but the model never sees it."""
+        request = PipelineRequest(
+            study_dir=studies[1].dicom_dir, output_dir=tmp_path, extra_roles=(Role.T1_STANDARD_DOSE,)
+        )
+        result = pipeline.run(request)
+        assert result.exit_code == 0, result.report.error
+        assert result.results.registered is not None and Role.T1_STANDARD_DOSE in result.results.registered.volumes
+        uids = {role: summary.series_instance_uid for role, summary in result.report.roles.items()}
+        ignored = [uids[role] for role in ("t1_standard_dose", "t2", "flair", "adc") if role in uids]
+        assert ignored
+        sr_texts = [
+            item.TextValue for item in dcmread(tmp_path / "sr" / "report_sr.dcm").ContentSequence[-1].ContentSequence
+        ]
+        for path in [*sorted((tmp_path / "synthetic_t1c").glob("*.dcm")), tmp_path / "sr" / "report_sr.dcm"]:
+            ds = dcmread(path)
+            text = ds.get("DerivationDescription", " ".join(sr_texts))
+            assert uids["t1_pre"] in text and uids["t1_low_dose"] in text, path
+            assert not any(uid in text for uid in ignored), path
+            referenced = {item.SeriesInstanceUID for item in ds.get("ReferencedSeriesSequence", [])}
+            assert not referenced & set(ignored), path
 
 
 class TestOutsideTheBrain:
@@ -441,11 +473,14 @@ class TestRealHeaders:
         result = pipeline.run(PipelineRequest(study_dir=target, output_dir=tmp_path / "out"))
         assert result.exit_code == 0, result.report.error
         seg = tmp_path / "out" / "seg" / "enhancement_seg.dcm"
-        for path in [*sorted((tmp_path / "out" / "synthetic_t1c").glob("*.dcm"))[:3], seg]:
+        sr = tmp_path / "out" / "sr" / "report_sr.dcm"
+        for path in [*sorted((tmp_path / "out" / "synthetic_t1c").glob("*.dcm"))[:3], seg, sr]:
             assert _dciodvfy_errors(dciodvfy, path) == [], path
         (warning,) = [w for w in result.report.warnings if "left empty" in w]
         assert all(keyword in warning for keyword in broken)
         assert "0000" not in warning and "***" not in warning
+        texts = [item.TextValue for item in dcmread(sr).ContentSequence[-1].ContentSequence]
+        assert f"Warning: {warning}" in texts  # the SR lists the run's warnings, the writers' own included
 
 
 class TestWorkingGrid:
@@ -468,4 +503,8 @@ class TestWorkingGrid:
         assert len(written) == len(list(studies[1].series["t1_pre"].directory.glob("*.dcm")))
         assert _dciodvfy_errors(dciodvfy, written[0]) == []
         assert _dciodvfy_errors(dciodvfy, tmp_path / "seg" / "enhancement_seg.dcm") == []
+        assert _dciodvfy_errors(dciodvfy, tmp_path / "sr" / "report_sr.dcm") == []
+        low_dose = studies[1].series["t1_low_dose"].series_instance_uid
+        middle = dcmread(written[len(written) // 2])
+        assert low_dose in {item.SeriesInstanceUID for item in middle.ReferencedSeriesSequence}
         assert (tmp_path / "preview.png").is_file()

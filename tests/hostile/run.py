@@ -122,7 +122,8 @@ def judge(variant: Variant, exit_code: int | None, seconds: float, rss: float, s
         written = sorted(out.rglob("*.dcm"))
         if not written:
             reasons.append("exit 0 but no DICOM written")
-        checked = [*written[:2], *[p for p in written if p.parent.name == "seg"]]
+        synthetic = [p for p in written if p.parent.name == "synthetic_t1c"]
+        checked = [*synthetic[:2], *[p for p in written if p.parent.name in ("seg", "sr")]]
         for path in checked:
             errors = _dciodvfy_errors(path)
             if errors:

@@ -37,16 +37,27 @@ def write_classic_series(
     rescale: tuple[float, float] = (1.0, 0.0),
     bits_stored: int = 12,
     seed: int = 0,
+    gap: float = 2.5,
+    shift_mm: float = 0.0,
+    study_instance_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+    series_description: str = "t1_mprage_sag_p2_iso",
+    series_number: int = 3,
 ) -> list[Path]:
-    """Write an oblique axial classic MR series (files in shuffled order, as a PACS might deliver them)."""
+    """Write an oblique axial classic MR series (files in shuffled order, as a PACS might deliver them).
+
+    ``gap`` is the slice spacing (mm) and ``shift_mm`` moves the whole stack along its normal; series written with
+    the same ``study_instance_uid`` and ``frame_of_reference_uid`` belong to one study (e.g. a t1_pre and its
+    low-dose series).
+    """
     rng = np.random.default_rng(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     rotation = _rotation(np.array([1.0, 0.3, 0.2]), 17.0)
     row_dir, col_dir, normal = rotation[:, 0], rotation[:, 1], rotation[:, 2]
     spacing = (0.9, 1.1)  # (row spacing, column spacing) as PixelSpacing writes them
-    gap = 2.5
-    origin = np.array([-12.3, 40.1, -7.7])
-    study_uid, series_uid, for_uid = generate_uid(), generate_uid(), generate_uid()
+    origin = np.array([-12.3, 40.1, -7.7]) + normal * shift_mm
+    study_uid, series_uid = study_instance_uid or generate_uid(), generate_uid()
+    for_uid = frame_of_reference_uid or generate_uid()
     low = -(2 ** (bits_stored - 1)) if signed else 0
     high = 2 ** (bits_stored - 1) - 1 if signed else 2**bits_stored - 1
     yy, xx = np.mgrid[0:rows, 0:columns]
@@ -74,7 +85,7 @@ def write_classic_series(
         ds.ReferringPhysicianName = "Doe^Jane"
         ds.StationName = "MRC1"
         ds.StudyDescription = "BRAIN^ROUTINE"
-        ds.SeriesDescription = "t1_mprage_sag_p2_iso"
+        ds.SeriesDescription = series_description
         ds.ManufacturerModelName = "Skyra"
         ds.PatientName = "Phantom^Writer"
         ds.PatientID = "PID-0001"
@@ -89,7 +100,7 @@ def write_classic_series(
         ds.MRAcquisitionType = "3D"
         ds.SequenceName = "*tfl3d1_16ns"
         ds.AngioFlag = "N"
-        ds.SliceThickness = 2.5
+        ds.SliceThickness = gap
         ds.RepetitionTime = 1900
         ds.EchoTime = 2.3
         ds.InversionTime = 900
@@ -106,7 +117,7 @@ def write_classic_series(
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.StudyID = "1"
-        ds.SeriesNumber = 3
+        ds.SeriesNumber = series_number
         ds.AcquisitionNumber = 1
         ds.InstanceNumber = int(k) + 1
         position = origin + normal * gap * int(k)

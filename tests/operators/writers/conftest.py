@@ -6,7 +6,9 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from pydicom.uid import generate_uid
 
+from operators.roles import Role
 from operators.study import Volume
 from operators.writers import ModelIdentity
 from tests.conftest import require_path
@@ -52,3 +54,24 @@ def source(request: pytest.FixtureRequest) -> Volume:
     """Each kind of source in turn."""
     volume: Volume = request.getfixturevalue(request.param)
     return volume
+
+
+@pytest.fixture(scope="session")
+def study_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Volume, Volume]:
+    """A t1_pre (8 slices 2.5 mm apart) and a low-dose T1 of the same study (14 slices 1.25 mm apart, 0.3 mm lower)."""
+    study_uid, for_uid = generate_uid(), generate_uid()
+    pre, low = tmp_path_factory.mktemp("pair_t1_pre"), tmp_path_factory.mktemp("pair_t1_low_dose")
+    write_classic_series(pre, signed=False, seed=5, study_instance_uid=study_uid, frame_of_reference_uid=for_uid)
+    write_classic_series(
+        low,
+        signed=False,
+        seed=6,
+        n_slices=14,
+        gap=1.25,
+        shift_mm=-0.3,
+        study_instance_uid=study_uid,
+        frame_of_reference_uid=for_uid,
+        series_description="t1_mprage_sag_p2_iso_KM_LD",
+        series_number=7,
+    )
+    return load_volume(pre), load_volume(low, Role.T1_LOW_DOSE)
