@@ -128,6 +128,8 @@ def job_view(row: JobRow) -> JobView:
     links = {"self": base, "report": f"{base}/report"}
     if row.state == JobState.SUCCEEDED and not row.purged_at:
         links |= {"result": f"{base}/result", "preview": f"{base}/preview.png"}
+    if row.source == "dicom" and row.study_key.startswith("dicom:"):
+        links |= {"reception": f"/v1/receptions/{row.study_key[6:]}", "exports": f"/v1/exports?job_id={row.id}"}
     return JobView(
         id=row.id,
         state=row.state,
@@ -164,6 +166,8 @@ class Service:
 
     def __init__(self, settings: ServiceSettings, keys: KeyRing, store: JobStore, queue: Any) -> None:
         self.settings, self.keys, self.store, self.queue = settings, keys, store, queue
+        #: The running DICOM node (app.dicom_node.runtime.DicomNode), for /readyz; None when there is none here.
+        self.dicom: Any = None
 
     def check_space(self) -> None:
         free = shutil.disk_usage(self.settings.spool).free
@@ -178,11 +182,23 @@ class Service:
 
 
 def create_app(
-    settings: ServiceSettings, keys: KeyRing, store: JobStore, queue: Any, *, supervise: bool = True
+    settings: ServiceSettings,
+    keys: KeyRing,
+    store: JobStore,
+    queue: Any,
+    *,
+    supervise: bool = True,
+    dicom: Any = None,
 ) -> FastAPI:
-    """The FastAPI application over a job store and queue; ``supervise`` runs the :class:`Supervisor` with it."""
+    """The FastAPI application over a job store and queue; ``supervise`` runs the :class:`Supervisor` with it;
+    ``dicom`` is the DICOM node running beside it (its checks join /readyz)."""
+    from app.dicom_node.records import NodeStore
+
     service = Service(settings, keys, store, queue)
+    service.dicom = dicom
+    node_store = dicom.store if dicom is not None else NodeStore(store)
     settings.spool.mkdir(parents=True, exist_ok=True)
+    (settings.spool / "tmp").mkdir(exist_ok=True)  # result zips are built there, also before any upload came in
     supervisor = Supervisor(settings, store, queue)
 
     @asynccontextmanager
@@ -542,8 +558,15 @@ def create_app(
     ) -> JSONResponse:
         return await stow(request, study)
 
+    # --- the DICOM node: receptions and exports ------------------------------------------------------------------
+
+    from app.dicom_node.api import add_routes as add_dicom_routes
+
+    add_dicom_routes(app, node_store, read, write, errors)
+
     # --- the status page -----------------------------------------------------------------------------------------
 
+    from app.dicom_node.page import dicom_sections
     from app.service.page import login_page, status_page
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -553,7 +576,7 @@ def create_app(
         except HTTPException:
             return HTMLResponse(login_page(), status_code=200)
         rows, total = store.page(None, 100, 0)
-        return HTMLResponse(status_page([job_view(r) for r in rows], total))
+        return HTMLResponse(status_page([job_view(r) for r in rows], total, extra=dicom_sections(node_store)))
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
@@ -731,6 +754,11 @@ def readiness(service: Service) -> dict[str, dict[str, Any]]:
     floor = service.settings.spool_min_free_mb
     checks["spool"] = {"ok": free_mb >= floor, "free_mb": free_mb, "floor_mb": floor}
     checks["models"] = _models_check()
+    if service.dicom is not None:
+        try:
+            checks.update(service.dicom.readiness())
+        except Exception as exc:
+            checks["dicom_node"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}
     try:
         from app.config import load_settings
         from operators.inference import select_providers

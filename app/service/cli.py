@@ -44,7 +44,8 @@ def serve(
     ssl_certfile: Path | None = typer.Option(None, help="TLS certificate (PEM): serve HTTPS."),
     ssl_keyfile: Path | None = typer.Option(None, help="TLS private key (PEM)."),
 ) -> None:
-    """Start the HTTP service (and its worker processes) with embedded defaults: SQLite, a local spool."""
+    """Start the HTTP service (and its worker processes) with embedded defaults: SQLite, a local spool; and the
+    DICOM node (C-ECHO, C-STORE, routing, export) unless GADSYNTH_DICOM_PORT is 0."""
     import uvicorn
 
     from app.service.api import create_app
@@ -57,8 +58,9 @@ def serve(
     store = JobStore(settings.database)
     queue = JobQueue(settings)
     keys = KeyRing(ensure_key(settings))
+    node = _start_dicom_node(settings, store, queue)
     pool = _PoolKeeper(settings) if settings.workers else None
-    app = create_app(settings, keys, store, queue)
+    app = create_app(settings, keys, store, queue, dicom=node)
     typer.echo(
         f"GadSynth service on http{'s' if ssl_certfile else ''}://{settings.host}:{settings.port} "
         f"({settings.workers} worker process(es); data in {settings.data_dir.resolve()})",
@@ -78,8 +80,30 @@ def serve(
     try:
         uvicorn.Server(config).run()
     finally:
+        node.stop()
         if pool is not None:
             pool.stop()
+
+
+def _start_dicom_node(settings: Any, store: Any, queue: Any) -> Any:
+    """Start the DICOM node (app/dicom_node) beside the HTTP service; a clear message and exit 1 when it cannot."""
+    from app.dicom_node.routing import RulesError
+    from app.dicom_node.runtime import DicomNode, NodeStartError
+
+    node = DicomNode(settings, store, queue)
+    try:
+        node.start()
+    except (NodeStartError, RulesError) as exc:
+        node.stop()
+        typer.echo(f"Configuration error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if settings.dicom_port:
+        typer.echo(
+            f"DICOM node {settings.dicom_ae_title} on {settings.dicom_bind_host}:{settings.dicom_port}"
+            f"{' (TLS)' if settings.dicom_tls_cert else ''}",
+            err=True,
+        )
+    return node
 
 
 class _PoolKeeper:

@@ -47,7 +47,9 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def status_page(jobs: list[JobView], total: int) -> str:
+def status_page(jobs: list[JobView], total: int, extra: str = "") -> str:
+    """The jobs table and each finished job's details; ``extra`` is more HTML after the table (the DICOM node's
+    receptions and exports, already escaped)."""
     rows = []
     details = []
     for job in jobs:
@@ -86,6 +88,7 @@ def status_page(jobs: list[JobView], total: int) -> str:
         '<p class="note">Synthetic images: research use, not for diagnosis. '
         f"Showing {len(jobs)} of {total} jobs; this page refreshes every 10 s.</p>"
         + (table if jobs else "<p>No jobs yet.</p>")
+        + extra
         + "".join(details)
     )
     return _page("GadSynth jobs", body, refresh=10)

@@ -6,9 +6,10 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from app.config import _Sources
+from app.dicom_node.config import AllowedCaller, Destination, LatePolicy, check_ae_title
 
 __all__ = ["ApiKey", "Scope", "ServiceSettings", "hash_key"]
 
@@ -82,6 +83,54 @@ class ServiceSettings(_Sources):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="Log level of the service and its workers."
     )
+    # --- the DICOM node (app/dicom_node) ---------------------------------------------------------------------------
+    dicom_port: int = Field(
+        default=11112, ge=0, le=65535, description="DICOM port of the node (C-ECHO, C-STORE); 0 = no DICOM node."
+    )
+    dicom_host: str | None = Field(default=None, description="Address the DICOM node listens on; None: as host.")
+    dicom_ae_title: str = Field(default="GADSYNTH", description="The node's AE title (called AE, and SCU calling AE).")
+    dicom_called_ae_titles: list[str] = Field(
+        default_factory=list, description="More called AE titles the node answers to (routing rules can match them)."
+    )
+    dicom_allowed_callers: list[AllowedCaller] = Field(
+        default_factory=list,
+        description="Peers that may send: [{ae_title, host (IP, CIDR or name), quiet_seconds?}]. DICOM destinations "
+        "are allowed too; with neither, every association is rejected.",
+    )
+    dicom_max_associations: int = Field(default=10, ge=1, le=200, description="Associations served at once.")
+    dicom_acse_timeout_s: float = Field(default=30.0, gt=0, description="Association negotiation timeout.")
+    dicom_dimse_timeout_s: float = Field(default=60.0, gt=0, description="Timeout waiting for a DIMSE message.")
+    dicom_network_timeout_s: float = Field(default=60.0, gt=0, description="Idle association timeout.")
+    dicom_quiet_seconds: float = Field(
+        default=30.0, ge=0, description="A study (per calling AE) is complete when no instance came for this long."
+    )
+    dicom_late_policy: LatePolicy = Field(
+        default=LatePolicy.REPROCESS,
+        description="Instances of a study that arrive after it became a job: reprocess (the whole study again) or "
+        "ignore (kept, logged, nothing runs).",
+    )
+    dicom_own_series_numbers: tuple[int, int] = Field(
+        default=(9001, 9005),
+        description="Series numbers GadSynth writes (first, last): a derived series numbered so is taken as ours.",
+    )
+    dicom_destinations: list[Destination] = Field(
+        default_factory=list,
+        description="Where results may go: [{name, kind: dicom, ae_title, host, port, tls?}] or "
+        "[{name, kind: dicomweb, url, username?, password?, token?}].",
+    )
+    routing_rules: Path | None = Field(
+        default=None, description="Routing rules (YAML), reloaded when the file changes; None: the default rule."
+    )
+    export_max_attempts: int = Field(default=8, ge=1, le=100, description="Sends of one export before dead-letter.")
+    export_backoff_s: float = Field(default=10.0, gt=0, description="Wait before the second attempt (doubles).")
+    export_backoff_max_s: float = Field(default=600.0, gt=0, description="Longest wait between two attempts.")
+    dicom_echo_timeout_s: float = Field(default=5.0, gt=0, description="C-ECHO timeout (start-up and /readyz).")
+    dicom_tls_cert: Path | None = Field(default=None, description="PEM certificate: the DICOM node speaks TLS only.")
+    dicom_tls_key: Path | None = Field(default=None, description="PEM private key of dicom_tls_cert.")
+    dicom_tls_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: peers' certificates are verified against it (callers must then present one).",
+    )
 
     @field_validator("database_url", "queue_url")
     @classmethod
@@ -91,6 +140,37 @@ class ServiceSettings(_Sources):
         if not value.split("://", 1)[0] or "://" not in value:
             raise ValueError(f"must be a URL (scheme://...). Found {value!r}.")
         return value
+
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return check_ae_title(value)
+
+    @field_validator("dicom_called_ae_titles")
+    @classmethod
+    def _ae_titles(cls, value: list[str]) -> list[str]:
+        return [check_ae_title(v) for v in value]
+
+    @model_validator(mode="after")
+    def _dicom(self) -> ServiceSettings:
+        names = [d.name for d in self.dicom_destinations]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"dicom_destinations: each name once. Found {', '.join(twice)} more than once.")
+        if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
+            raise ValueError("dicom_tls_cert and dicom_tls_key go together: give both or neither.")
+        for name in ("dicom_tls_cert", "dicom_tls_key", "dicom_tls_ca"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {str(path)!r} is not a file.")
+        first, last = self.dicom_own_series_numbers
+        if first > last:
+            raise ValueError(f"dicom_own_series_numbers: (first, last) with first <= last. Found {first}, {last}.")
+        return self
+
+    @property
+    def dicom_bind_host(self) -> str:
+        return self.dicom_host or self.host
 
     @property
     def spool(self) -> Path:

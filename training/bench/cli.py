@@ -19,7 +19,7 @@ __all__ = ["bench", "bench_pipeline"]
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ("phantom", "ingest", "pipeline", "warm", "large", "inference", "service")
+SECTIONS = ("phantom", "ingest", "pipeline", "warm", "large", "inference", "service", "dicom")
 
 
 def _run_child(command: list[str]) -> tuple[float, int, float]:
@@ -169,6 +169,11 @@ def bench(
                 f"bench: the HTTP service ({service_jobs} full-size studies at once; overhead over run)...", err=True
             )
             results["service"] = bench_service(work, jobs=service_jobs, workers=service_workers)
+        if "dicom" in sections:
+            from training.bench.dicom import bench_dicom
+
+            typer.echo("bench: the DICOM node (C-STORE receive vs storescp; Orthanc round trip)...", err=True)
+            results["dicom"] = bench_dicom(work)
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "bench.md").write_text(_markdown(results))
     typer.echo(json.dumps(results, indent=2))

@@ -40,6 +40,11 @@ def _gadsynth() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-c", "from app.cli import main; main()"]
 
 
+def _env_value(value: Any) -> str:
+    """A setting as an environment variable: lists and mappings as JSON (as pydantic-settings reads them)."""
+    return json.dumps(value, default=str) if isinstance(value, list | tuple | dict) else str(value)
+
+
 def key_settings() -> str:
     """GADSYNTH_API_KEYS for :data:`KEYS` (hashed, as a deployment would configure them)."""
     from app.service.settings import hash_key
@@ -67,7 +72,8 @@ class ServiceProcess:
             **{k: v for k, v in os.environ.items() if not k.startswith("GADSYNTH_")},
             "PYTHONUNBUFFERED": "1",
             "GADSYNTH_API_KEYS": key_settings(),
-            **{f"GADSYNTH_{k.upper()}": str(v) for k, v in (settings or {}).items()},
+            "GADSYNTH_DICOM_PORT": "0",  # no DICOM node unless the settings give it a port (11112 may be taken)
+            **{f"GADSYNTH_{k.upper()}": _env_value(v) for k, v in (settings or {}).items()},
         }
         self.log_path = data_dir / f"{command}-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
