@@ -46,7 +46,9 @@ def _register() -> None:
 
     from app.service.cli import apikey, serve, worker
 
-    cli.command("serve", help="Start the HTTP service, the DICOM node and workers (embedded defaults: SQLite, local spool).")(serve)
+    cli.command(
+        "serve", help="Start the HTTP service, the DICOM node and workers (embedded defaults: SQLite, local spool)."
+    )(serve)
     cli.command("worker", help="Start worker processes only (many-machine installations).")(worker)
     cli.command("apikey", help="Make an API key for the service (prints the key and its hashed entry).")(apikey)
 
