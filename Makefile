@@ -8,7 +8,7 @@ SAMPLE := sample
 # Holoscan (MONAI Deploy's runtime) asks for a larger stack; harmless elsewhere.
 ULIMIT := ulimit -s 32768 2>/dev/null || true;
 
-.PHONY: setup system venv run test lint typecheck pytest bench hostile clean
+.PHONY: setup system venv run test lint typecheck pytest bench hostile image package-venv map-app map-manifests clean
 
 setup: system venv
 
@@ -53,5 +53,32 @@ bench: setup
 hostile: setup
 	@$(ULIMIT) $(BIN)/python -m tests.hostile.run --out hostile-results --jobs 2
 
+# The container image (buildah; CPU flavour on a local Debian base unless FLAVOUR / BASE_IMAGE say otherwise).
+image: system
+	@deploy/build-image.sh
+
+# holoscan-cli 4.2 (the last packager with `monai-deploy package`) in its own environment: its pins (packaging<26)
+# cannot share one with GadSynth's (nilearn needs packaging>=26).
+PACKAGE_VENV := .venv-package
+$(PACKAGE_VENV)/.installed: constraints-package.txt
+	$(PYTHON) -m venv $(PACKAGE_VENV)
+	$(PACKAGE_VENV)/bin/pip install -q -c constraints-package.txt holoscan-cli
+	@touch $@
+
+package-venv: $(PACKAGE_VENV)/.installed
+
+# The application folder `monai-deploy package` takes whole (where Docker exists): __main__.py, the packages and the
+# pinned runtime requirements.
+map-app: venv
+	rm -rf build/map-app && mkdir -p build/map-app
+	cp deploy/map/__main__.py build/map-app/
+	cp -r app operators training build/map-app/
+	find build/map-app -name __pycache__ -prune -exec rm -rf {} +
+	$(BIN)/python deploy/requirements.py --flavour cpu > build/map-app/requirements.txt
+
+# Regenerate deploy/map/app.json and pkg.json with the packager's own code (tests check they are current).
+map-manifests: package-venv
+	$(PACKAGE_VENV)/bin/python deploy/map_manifests.py
+
 clean:
-	rm -rf $(VENV) $(SAMPLE) bench-results hostile-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PACKAGE_VENV) $(SAMPLE) bench-results hostile-results .pytest_cache .mypy_cache .ruff_cache

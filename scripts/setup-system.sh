@@ -10,6 +10,8 @@ declare -A need=(
   [redis-server]=redis-server
   [chromium]=chromium
   [chromedriver]=chromium-driver
+  [buildah]=buildah
+  [debootstrap]=debootstrap
 )
 missing=()
 for cmd in "${!need[@]}"; do

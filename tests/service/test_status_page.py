@@ -7,10 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.service.conftest import dicom_files
@@ -33,11 +32,14 @@ def _sign_in(driver: WebDriver, key: str) -> None:
     field = driver.find_element(By.ID, "key")
     field.clear()
     field.send_keys(key)
-    page = driver.find_element(By.TAG_NAME, "html")
+    driver.execute_script("window.gadsynthOldPage = true")  # gone once the answer to the form replaced the page
     driver.find_element(By.ID, "sign-in").click()
-    wait = WebDriverWait(driver, BROWSER_WAIT_S)
-    wait.until(staleness_of(page))  # the answer to the form has replaced the page
-    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+    # Not staleness_of(<html>): while the old document is torn down Chromium may answer "Node ... does not belong
+    # to the document" instead of a stale-element error, which that condition does not expect.
+    wait = WebDriverWait(driver, BROWSER_WAIT_S, ignored_exceptions=(WebDriverException,))
+    wait.until(
+        lambda d: d.execute_script("return window.gadsynthOldPage === undefined && document.readyState === 'complete'")
+    )
 
 
 def _job_rows(driver: WebDriver) -> dict[str, list[str]]:
