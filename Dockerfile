@@ -23,14 +23,13 @@ ARG FLAVOUR
 ARG PIP_OFFLINE=
 # A CA bundle pip must trust (a TLS-inspecting proxy); deploy/build-image.sh mounts the host's for the build only.
 ARG PIP_CERT=
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3.11 -m venv /opt/venv
 WORKDIR /src
 # Dependencies first (their layer is reused while only GadSynth's code changes).
 COPY pyproject.toml constraints.txt constraints-gpu.txt ./
 COPY deploy/requirements.py deploy/requirements.py
 COPY deploy/wheelhouse/ /wheelhouse/
-# deploy/build-image.sh mounts the host's pip cache at /root/.cache/pip: nothing of it stays in the image.
 RUN [ -n "${PIP_CERT}" ] || unset PIP_CERT; \
     /opt/venv/bin/python deploy/requirements.py --flavour "${FLAVOUR}" > requirements.txt \
  && /opt/venv/bin/pip install ${PIP_OFFLINE:+--no-index} --find-links /wheelhouse \

@@ -5,8 +5,8 @@
 #   FLAVOUR=gpu BASE_IMAGE=nvcr.io/nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 deploy/build-image.sh
 #
 # Variables: FLAVOUR (cpu|gpu, default cpu), BASE_IMAGE (default: the local base), TAG, STORAGE_DRIVER (vfs),
-# PIP_CACHE (host pip cache mounted into the build, default ~/.cache/pip), PIP_CA (a CA bundle pip must trust,
-# e.g. a TLS-inspecting proxy's; default: the host's bundle when present). Prints the image's name and size.
+# PIP_CA (a CA bundle pip must trust, e.g. a TLS-inspecting proxy's; default: the host's bundle when present).
+# Prints the image's name and size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLAVOUR=${FLAVOUR:-cpu}
@@ -14,7 +14,6 @@ VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", 
 TAG=${TAG:-localhost/gadsynth:${VERSION}-${FLAVOUR}}
 LOCAL_BASE=localhost/gadsynth-base:bookworm
 BASE_IMAGE=${BASE_IMAGE:-$LOCAL_BASE}
-PIP_CACHE=${PIP_CACHE:-$HOME/.cache/pip}
 B=(buildah --storage-driver "${STORAGE_DRIVER:-vfs}")
 
 if [ "$BASE_IMAGE" = "$LOCAL_BASE" ] && ! "${B[@]}" inspect --type image "$LOCAL_BASE" >/dev/null 2>&1; then
@@ -34,7 +33,6 @@ if [ "$BASE_IMAGE" = "$LOCAL_BASE" ] && ! "${B[@]}" inspect --type image "$LOCAL
     rm -rf "$root"
 fi
 
-mkdir -p "$PIP_CACHE"
 PIP_CA=${PIP_CA:-/etc/ssl/certs/ca-certificates.crt}
 ca_args=()
 if [ -f "$PIP_CA" ]; then  # mounted for the build only: nothing of it stays in the image
@@ -45,7 +43,7 @@ fi
 old=$("${B[@]}" images -q "$TAG" 2>/dev/null || true)
 "${B[@]}" bud --isolation chroot --network host --layers=false --format docker \
     --build-arg FLAVOUR="$FLAVOUR" --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg VERSION="$VERSION" \
-    --volume "$PIP_CACHE:/root/.cache/pip" "${ca_args[@]}" \
+    "${ca_args[@]}" \
     --tag "$TAG" . >&2
 if [ -n "$old" ]; then  # the previous build of this tag, unless a container still uses it
     "${B[@]}" rmi "$old" >/dev/null 2>&1 || true

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from typing import Annotated, Any
 
@@ -10,12 +9,9 @@ from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from app.dicom_node.records import ExportRow, ExportState, NodeStore, Reception, ReceptionState
+from app.service.views import iso
 
 __all__ = ["ExportView", "ReceptionView", "add_routes", "export_view", "reception_view"]
-
-
-def _iso(seconds: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds") if seconds else None
 
 
 class SeriesView(BaseModel):
@@ -118,11 +114,11 @@ def reception_view(row: Reception) -> ReceptionView:
         n_skipped=row.n_skipped,
         bytes_received=row.bytes_received,
         series=[SeriesView(series_instance_uid=uid, **entry) for uid, entry in (row.series or {}).items()],
-        first_received_at=_iso(row.first_received_at) or "",
-        last_received_at=_iso(row.last_received_at) or "",
+        first_received_at=iso(row.first_received_at) or "",
+        last_received_at=iso(row.last_received_at) or "",
         quiet_seconds=row.quiet_seconds,
         quiet_left_s=quiet_left,
-        closed_at=_iso(row.closed_at),
+        closed_at=iso(row.closed_at),
         job_id=row.job_id,
         previous_job_id=row.previous_job_id,
         rule=row.rule,
@@ -150,12 +146,12 @@ def export_view(row: ExportRow) -> ExportView:
         state=row.state,
         attempt=row.attempt,
         max_attempts=row.max_attempts,
-        next_attempt_at=_iso(row.next_attempt_at) if row.state == ExportState.PENDING else None,
+        next_attempt_at=iso(row.next_attempt_at) if row.state == ExportState.PENDING else None,
         n_instances=row.n_instances,
         n_confirmed=len(row.confirmed or []),
         last_error=row.last_error,
-        created_at=_iso(row.created_at) or "",
-        done_at=_iso(row.done_at),
+        created_at=iso(row.created_at) or "",
+        done_at=iso(row.done_at),
         links=links,
     )
 

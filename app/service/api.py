@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import logging
-import shutil
 import tempfile
-import time
 import uuid
 import zipfile
-from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,18 +17,29 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.service.auth import COOKIE, Caller, KeyRing
+from app.service.health import readiness
+from app.service.intake import (
+    DICOM,
+    UID_PATTERN,
+    Service,
+    accept_study,
+    is_uid,
+    multipart_body,
+    store_batches,
+    wait_until_finished,
+)
 from app.service.options import MODEL_NAME_PATTERN, JobOptions
 from app.service.settings import Scope, ServiceSettings
-from app.service.spool import Incoming, UploadError, fsync_dir, move_durably, remove_tree, study_key
-from app.service.store import FINISHED, JobRow, JobState, JobStore, StowBatch, new_job_id
-from app.service.supervisor import Supervisor, job_folder, purge_job
-from app.service.upload import Received, receive_body
+from app.service.spool import UploadError
+from app.service.store import FINISHED, JobRow, JobState, JobStore
+from app.service.supervisor import Supervisor, purge_job
+from app.service.views import JobPage, JobView, Problem, job_view
 from operators.contrast import FIELD_STRENGTH_T, RELATIVE_DOSE
 from operators.roles import AGENT_ALIASES
 
@@ -41,8 +47,6 @@ __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
 
-DICOM = "application/dicom"
-MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 
 _STUDY_BODY = {
     "required": True,
@@ -61,55 +65,6 @@ _STUDY_BODY = {
 _STOW_BODY = {"required": True, "content": {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}}
 
 
-# --- what the API returns ---------------------------------------------------------------------------------------
-
-
-class JobError(BaseModel):
-    error: str | None = None
-    message: str | None = None
-    stage: str | None = None
-
-
-class JobView(BaseModel):
-    """A job as the API shows it (no patient identifiers, ever)."""
-
-    id: str
-    state: str = Field(description="assembling, queued, running, succeeded, failed or cancelled.")
-    reason: str | None = Field(default=None, description="Why it failed: not_eligible, error, worker_lost, cancelled.")
-    source: str
-    study_instance_uid: str | None = None
-    created_at: str
-    started_at: str | None = None
-    finished_at: str | None = None
-    age_s: float
-    stage: str | None = None
-    progress: float
-    attempt: int = Field(description="How many times a worker started it (more than 1 after a crash).")
-    max_attempts: int
-    worker: str | None = None
-    model: str | None = None
-    options: dict[str, Any]
-    n_files: int
-    bytes_received: int
-    warnings: list[str] = Field(default_factory=list)
-    selection: list[dict[str, Any]] = Field(default_factory=list)
-    model_choice: dict[str, Any] | None = None
-    error: JobError | None = None
-    purged: bool = False
-    links: dict[str, str]
-
-
-class JobPage(BaseModel):
-    items: list[JobView]
-    total: int
-    limit: int
-    offset: int
-
-
-class Problem(BaseModel):
-    detail: str
-
-
 #: The API key scheme as the OpenAPI document shows it (``auto_error=False``: :meth:`KeyRing.caller` decides).
 _BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
@@ -118,67 +73,7 @@ def _ref(schema: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{schema}"}
 
 
-def _iso(seconds: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds") if seconds else None
-
-
-def job_view(row: JobRow) -> JobView:
-    report = row.report or {}
-    base = f"/v1/jobs/{row.id}"
-    links = {"self": base, "report": f"{base}/report"}
-    if row.state == JobState.SUCCEEDED and not row.purged_at:
-        links |= {"result": f"{base}/result", "preview": f"{base}/preview.png"}
-    if row.source == "dicom" and row.study_key.startswith("dicom:"):
-        links |= {"reception": f"/v1/receptions/{row.study_key[6:]}", "exports": f"/v1/exports?job_id={row.id}"}
-    return JobView(
-        id=row.id,
-        state=row.state,
-        reason=row.reason,
-        source=row.source,
-        study_instance_uid=row.study_instance_uid,
-        created_at=_iso(row.created_at) or "",
-        started_at=_iso(row.started_at),
-        finished_at=_iso(row.finished_at),
-        age_s=round(time.time() - row.created_at, 1),
-        stage=row.stage,
-        progress=row.progress,
-        attempt=row.attempt,
-        max_attempts=row.max_attempts,
-        worker=row.worker,
-        model=row.model,
-        options=row.options or {},
-        n_files=row.n_files,
-        bytes_received=row.bytes_received,
-        warnings=report.get("warnings", []),
-        selection=report.get("selection", []),
-        model_choice=report.get("model_choice"),
-        error=JobError(**row.error) if row.error else None,
-        purged=row.purged_at is not None,
-        links=links,
-    )
-
-
 # --- the application --------------------------------------------------------------------------------------------
-
-
-class Service:
-    """What every request handler shares: settings, job store, queue, keys."""
-
-    def __init__(self, settings: ServiceSettings, keys: KeyRing, store: JobStore, queue: Any) -> None:
-        self.settings, self.keys, self.store, self.queue = settings, keys, store, queue
-        #: The running DICOM node (app.dicom_node.runtime.DicomNode), for /readyz; None when there is none here.
-        self.dicom: Any = None
-
-    def check_space(self) -> None:
-        free = shutil.disk_usage(self.settings.spool).free
-        if free < self.settings.spool_min_free_mb * 2**20:
-            raise UploadError(
-                507,
-                f"The spool disk has {free // 2**20} MiB free, below the floor of {self.settings.spool_min_free_mb}.",
-            )
-
-    def incoming(self) -> Incoming:
-        return Incoming(self.settings.spool, self.settings.max_files, self.settings.max_upload_bytes)
 
 
 def create_app(
@@ -342,14 +237,8 @@ def create_app(
         service.check_space()
         incoming = service.incoming()
         try:
-            received = await receive_body(
-                request.headers.get("content-type"),
-                request.stream(),
-                incoming,
-                zip_max_bytes=settings.zip_max_bytes,
-                zip_max_ratio=settings.zip_max_ratio,
-            )
-            row, created = _accept_study(service, incoming, received, options, force)
+            received = await service.receive(request, incoming)
+            row, created = accept_study(service, incoming, received, options, force)
         except BaseException:
             incoming.discard()
             raise
@@ -365,7 +254,7 @@ def create_app(
         else:
             logger.info("job %s: same study posted again; existing job returned", row.id)
         if wait > 0:
-            row = await _wait(store, row.id, wait)
+            row = await wait_until_finished(store, row.id, wait)
             if row.state == JobState.SUCCEEDED:
                 return result_response(row, request.headers.get("accept"))
             if row.state == JobState.FAILED and row.reason == "not_eligible":
@@ -489,7 +378,7 @@ def create_app(
         if accept and "multipart/related" in accept.lower():
             boundary = uuid.uuid4().hex
             return StreamingResponse(
-                _multipart(files, boundary),
+                multipart_body(files, boundary),
                 media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}',
             )
         handle = tempfile.NamedTemporaryFile(dir=settings.spool / "tmp", suffix=".zip", delete=False)  # noqa: SIM115
@@ -506,20 +395,13 @@ def create_app(
     # --- DICOMweb STOW-RS ----------------------------------------------------------------------------------------
 
     async def stow(request: Request, study: str | None = None) -> JSONResponse:
-        if study is not None and not _is_uid(study):
+        if study is not None and not is_uid(study):
             raise HTTPException(400, f"{study!r} is not a Study Instance UID.")
         service.check_space()
         incoming = service.incoming()
         try:
-            received = await receive_body(
-                request.headers.get("content-type"),
-                request.stream(),
-                incoming,
-                zip_max_bytes=settings.zip_max_bytes,
-                zip_max_ratio=settings.zip_max_ratio,
-                stow=True,
-            )
-            response = _store_batches(service, incoming, received, study)
+            received = await service.receive(request, incoming, stow=True)
+            response = store_batches(service, incoming, received, study)
         finally:
             incoming.discard()
         return response
@@ -552,7 +434,7 @@ def create_app(
         request: Request,
         study: Annotated[
             str,  # checked by _is_uid (400, as DICOMweb answers), so the pattern is documentation only
-            PathParam(description="Study Instance UID.", json_schema_extra={"pattern": _UID_PATTERN, "maxLength": 64}),
+            PathParam(description="Study Instance UID.", json_schema_extra={"pattern": UID_PATTERN, "maxLength": 64}),
         ],
         _: Caller = write,
     ) -> JSONResponse:
@@ -597,199 +479,3 @@ def _version() -> str:
     from operators import __version__
 
     return __version__
-
-
-_UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
-
-
-def _is_uid(value: str) -> bool:
-    import re
-
-    return bool(re.fullmatch(_UID_PATTERN, value)) and len(value) <= 64
-
-
-def _multipart(files: list[Path], boundary: str) -> Iterator[bytes]:
-    for path in files:
-        yield f"--{boundary}\r\nContent-Type: {DICOM}\r\nContent-Length: {path.stat().st_size}\r\n\r\n".encode()
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                yield chunk
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
-
-
-async def _wait(store: JobStore, job_id: str, seconds: float) -> JobRow:
-    deadline = time.monotonic() + seconds
-    while True:
-        row = store.get(job_id)
-        assert row is not None
-        if row.state in FINISHED or time.monotonic() >= deadline:
-            return row
-        await asyncio.sleep(0.25)
-
-
-def _accept_study(
-    service: Service, incoming: Incoming, received: Received, options: JobOptions, force: bool
-) -> tuple[JobRow, bool]:
-    """Turn a received upload into a job (or find the job it already is). Raises UploadError for a bad upload."""
-    refused = received.refused
-    if refused:
-        part = refused[0]
-        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
-        raise UploadError(400, f"{part.label} {part.problem}{more}. Nothing was kept; post DICOM files only.")
-    if not incoming.instances:
-        raise UploadError(400, "The request holds no DICOM instances.")
-    studies = incoming.study_uids()
-    if len(studies) > 1:
-        raise UploadError(
-            400, f"The request holds {len(studies)} studies ({', '.join(studies[:3])}...); post one study per request."
-        )
-    option_values = options.model_dump(mode="json", exclude_none=True)
-    key = study_key(incoming.instances, option_values)
-    store = service.store
-    if not force:
-        existing = store.find_by_key(key)
-        if existing is not None:
-            incoming.discard()
-            return existing, False
-    job_id = new_job_id()
-    folder = job_folder(service.settings, job_id)
-    folder.mkdir(parents=True)
-    incoming.commit(folder / "input")
-    now = time.time()
-    row = JobRow(
-        id=job_id,
-        state=JobState.QUEUED,
-        source="http",
-        study_key=key,
-        study_instance_uid=studies[0],
-        options=option_values,
-        n_files=len(incoming.instances),
-        bytes_received=incoming.bytes_received,
-        input_dir=str(folder / "input"),
-        max_attempts=service.settings.max_attempts,
-        created_at=now,
-        updated_at=now,
-        queued_at=now,
-    )
-    store.add(row)
-    service.queue.enqueue(job_id)
-    return row, True
-
-
-#: STOW-RS failure reasons (PS3.18 / PS3.4 status codes).
-_CANNOT_UNDERSTAND = 0xC000
-_STUDY_MISMATCH = 0xA900
-
-
-def _store_batches(service: Service, incoming: Incoming, received: Received, study: str | None) -> JSONResponse:
-    """Keep the instances of a STOW-RS request as one batch per study; answer with the STOW-RS response dataset."""
-    referenced: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
-    by_study: dict[str, list[Path]] = {}
-    for part in received.parts:
-        instance = part.instance
-        if instance is None:
-            failed.append({"00081197": {"vr": "US", "Value": [_CANNOT_UNDERSTAND]}})
-            logger.warning("STOW-RS: %s refused: %s", part.label, part.problem)
-            continue
-        item = {
-            "00081150": {"vr": "UI", "Value": [instance.sop_class_uid]},
-            "00081155": {"vr": "UI", "Value": [instance.sop_instance_uid]},
-        }
-        if study is not None and instance.study_instance_uid != study:
-            failed.append(item | {"00081197": {"vr": "US", "Value": [_STUDY_MISMATCH]}})
-            continue
-        by_study.setdefault(instance.study_instance_uid, []).append(instance.path)
-        referenced.append(item)
-    if not received.parts:
-        raise UploadError(400, "The STOW-RS request holds no parts.")
-    now = time.time()
-    for study_uid, paths in by_study.items():
-        batch_id = new_job_id()
-        staging = service.settings.spool / "stow" / f"{batch_id}.tmp"
-        staging.mkdir(parents=True)
-        for path in paths:
-            path.rename(staging / path.name)
-        fsync_dir(staging)
-        target = service.settings.spool / "stow" / batch_id
-        move_durably(staging, target)
-        size = sum(p.stat().st_size for p in target.iterdir())
-        batch = StowBatch(
-            id=batch_id,
-            study_instance_uid=study_uid,
-            folder=str(target),
-            n_files=len(paths),
-            bytes_received=size,
-            received_at=now,
-        )
-        try:
-            service.store.add_batch(batch)
-        except Exception:
-            remove_tree(target)
-            raise
-        logger.info("STOW-RS: %d instances of study %s kept (batch %s)", len(paths), study_uid, batch_id)
-    body: dict[str, Any] = {}
-    if referenced:
-        body["00081199"] = {"vr": "SQ", "Value": referenced}
-    if failed:
-        body["00081198"] = {"vr": "SQ", "Value": failed}
-    status = 200 if not failed else (202 if referenced else 409)
-    return JSONResponse(body, status_code=status, media_type="application/dicom+json")
-
-
-def readiness(service: Service) -> dict[str, dict[str, Any]]:
-    """Each readiness check: ok and what was found."""
-    checks: dict[str, dict[str, Any]] = {}
-    try:
-        service.store.ping()
-        checks["database"] = {"ok": True}
-    except Exception as exc:
-        checks["database"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}
-    try:
-        checks["queue"] = {"ok": True, "depth": service.queue.depth()}
-    except Exception as exc:
-        checks["queue"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}
-    free_mb = shutil.disk_usage(service.settings.spool).free // 2**20
-    floor = service.settings.spool_min_free_mb
-    checks["spool"] = {"ok": free_mb >= floor, "free_mb": free_mb, "floor_mb": floor}
-    checks["models"] = _models_check()
-    if service.dicom is not None:
-        try:
-            checks.update(service.dicom.readiness())
-        except Exception as exc:
-            checks["dicom_node"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}
-    try:
-        from app.config import load_settings
-        from operators.inference import select_providers
-
-        checks["onnxruntime"] = {"ok": True, "providers": select_providers(load_settings().providers)}
-    except Exception as exc:
-        checks["onnxruntime"] = {"ok": False, "detail": str(exc)[:300]}
-    return checks
-
-
-_models_verified: dict[str, Any] = {}
-
-
-def _models_check() -> dict[str, Any]:
-    """Every installed model's file matches its manifest's sha256 (checked once per process and model file)."""
-    from app.config import load_settings
-    from operators.model_manifest import ModelManifest
-
-    try:
-        models_dir = load_settings().models_dir
-    except Exception as exc:
-        return {"ok": False, "detail": str(exc)[:300]}
-    found: dict[str, str] = {}
-    for manifest_path in sorted(models_dir.glob("*/manifest.json")):
-        stamp = f"{manifest_path}:{manifest_path.stat().st_mtime_ns}"
-        if stamp not in _models_verified:
-            try:
-                ModelManifest.load(manifest_path)
-                _models_verified[stamp] = "verified"
-            except Exception as exc:
-                _models_verified[stamp] = f"failed: {exc}"[:300]
-        found[manifest_path.parent.name] = _models_verified[stamp]
-    ok = bool(found) and all(v == "verified" for v in found.values())
-    return {"ok": ok, "models": found}

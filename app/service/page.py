@@ -6,7 +6,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from app.service.api import JobView
+    from app.service.views import JobView
 
 __all__ = ["login_page", "status_page"]
 
