@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
 import threading
@@ -65,6 +66,10 @@ def bench_service(
         raise RuntimeError(f"gadsynth run failed: {run.stderr.decode()[-2000:]}")
 
     settings = {"max_upload_bytes": 2**31, "zip_max_bytes": 2**31, "supervisor_interval_s": 1.0}
+    # Fresh services: a job database left by an earlier bench in the same work folder would answer the first post
+    # with that run's result (the same study is the same job), which is not what this measures.
+    for name in ("service-bench-one", "service-bench-load"):
+        shutil.rmtree(work_dir / name, ignore_errors=True)
     one = ServiceProcess(work_dir / "service-bench-one", settings=settings, workers=1)
     with one as service, service.client(timeout=900) as client:
         started = time.perf_counter()
