@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, func, select, update
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from app.service.store import JobRow, JobStore
 
@@ -122,13 +122,11 @@ class NodeStore:
     def __init__(self, jobs: JobStore) -> None:
         self.jobs = jobs
         self.engine = jobs.engine
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         _Base.metadata.create_all(self.engine)
 
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        with self._sessions.begin() as session:
-            yield session
+    def session(self) -> AbstractContextManager[Session]:
+        """A transaction of the job store (one engine, one session factory for both)."""
+        return self.jobs.session()
 
     # --- receptions ----------------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,34 +27,35 @@ def readiness(service: Service) -> dict[str, dict[str, Any]]:
     free_mb = shutil.disk_usage(service.settings.spool).free // 2**20
     floor = service.settings.spool_min_free_mb
     checks["spool"] = {"ok": free_mb >= floor, "free_mb": free_mb, "floor_mb": floor}
-    checks["models"] = _models_check()
+    from app.config import load_settings
+    from operators.inference import select_providers
+
+    try:  # the pipeline's settings, read once for both checks that need them
+        pipeline_settings = load_settings()
+    except Exception as exc:
+        problem = {"ok": False, "detail": str(exc)[:300]}
+        checks["models"], checks["onnxruntime"] = problem, problem
+    else:
+        checks["models"] = _models_check(pipeline_settings.models_dir)
+        try:
+            checks["onnxruntime"] = {"ok": True, "providers": select_providers(pipeline_settings.providers)}
+        except Exception as exc:
+            checks["onnxruntime"] = {"ok": False, "detail": str(exc)[:300]}
     if service.dicom is not None:
         try:
             checks.update(service.dicom.readiness())
         except Exception as exc:
             checks["dicom_node"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}
-    try:
-        from app.config import load_settings
-        from operators.inference import select_providers
-
-        checks["onnxruntime"] = {"ok": True, "providers": select_providers(load_settings().providers)}
-    except Exception as exc:
-        checks["onnxruntime"] = {"ok": False, "detail": str(exc)[:300]}
     return checks
 
 
 _models_verified: dict[str, Any] = {}
 
 
-def _models_check() -> dict[str, Any]:
+def _models_check(models_dir: Path) -> dict[str, Any]:
     """Every installed model's file matches its manifest's sha256 (checked once per process and model file)."""
-    from app.config import load_settings
     from operators.model_manifest import ModelManifest
 
-    try:
-        models_dir = load_settings().models_dir
-    except Exception as exc:
-        return {"ok": False, "detail": str(exc)[:300]}
     found: dict[str, str] = {}
     for manifest_path in sorted(models_dir.glob("*/manifest.json")):
         stamp = f"{manifest_path}:{manifest_path.stat().st_mtime_ns}"

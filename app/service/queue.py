@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -238,15 +237,3 @@ class WorkerRuntime:
             logger.warning(
                 "job %s: attempt %d finished after the job was taken away; result discarded", row.id, attempt
             )
-
-
-def wait_for(store: JobStore, job_id: str, timeout: float, poll: float = 0.2) -> JobRow | None:
-    """Poll until the job is finished or ``timeout`` passes; the row as it is then."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = store.get(job_id)
-        if row is None or row.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
-            return row
-        if time.monotonic() >= deadline:
-            return row
-        time.sleep(poll)

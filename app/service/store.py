@@ -347,9 +347,10 @@ class JobStore:
                     .group_by(JobRow.model)
                 ).all()
             )
-            reports = session.scalars(select(JobRow.report).where(JobRow.report.is_not(None))).all()
+            # Only the timings of each report leave the database (a report is tens of kB; /metrics is scraped often).
+            timings = session.scalars(select(JobRow.report["timings_s"]).where(JobRow.report.is_not(None))).all()
         stages: dict[str, list[float]] = {}
-        for report in reports:
-            for stage, seconds in (report or {}).get("timings_s", {}).items():
+        for entry in timings:
+            for stage, seconds in (entry or {}).items():
                 stages.setdefault(stage, []).append(float(seconds))
         return {"bytes_received": int(received), "per_model": per_model, "stages": stages}

@@ -26,7 +26,8 @@ from app.service.store import JobRow, JobState
 from tests.dicom_node.engine import Engine, make_engine
 from tests.dicom_node.node import dicom_files, wait_until
 from tests.dicom_node.peers import wait_for_scp
-from tests.service.peers import free_port, require
+from tests.service.peers import require
+from training.bench.service_process import free_port
 from training.phantom import PhantomStudy
 
 KEYS = [

@@ -25,8 +25,8 @@ from tests.dicom_node.node import (
     wait_until,
 )
 from tests.dicom_node.peers import dciodvfy_errors, orthanc_peer
-from tests.service.peers import free_port
 from training.bench.orthanc_process import Orthanc
+from training.bench.service_process import free_port
 from training.phantom import PhantomStudy
 
 #: Our output series numbers (synthetic, SEG; the SR when the job writes one).

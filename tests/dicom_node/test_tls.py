@@ -12,7 +12,8 @@ from pydicom import dcmread
 
 from tests.dicom_node.node import NodeProcess, dicom_files, jobs_of_study, storescu, study_uid, wait_until
 from tests.dicom_node.peers import dcmtk, wait_for_scp
-from tests.service.peers import free_port, require
+from tests.service.peers import require
+from training.bench.service_process import free_port
 from training.phantom import PhantomStudy
 
 

@@ -14,7 +14,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,8 @@ from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 
+from training.bench.service_process import free_port
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -41,14 +42,6 @@ POSTGRES_USER = "postgres"  # the Debian system user the server runs as when the
 
 class PeerStartupError(RuntimeError):
     """A peer did not come up in time or exited early; the message carries the tail of its log."""
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free now (the kernel picks it; a small race with other users remains)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def require(command_or_path: str, package: str) -> None:

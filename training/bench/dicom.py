@@ -75,8 +75,8 @@ def _wait(check: Any, timeout: float, what: str) -> Any:
 
 def bench_dicom(work_dir: Path, *, seed: int = 1, quiet_seconds: float = 2.0) -> dict[str, Any]:
     """Receive rate (ours and storescp's) and Orthanc round trip for the full-size phantom study ``seed``."""
-    from training.bench.orthanc_process import Orthanc, free_port, orthanc_installed
-    from training.bench.service_process import ServiceProcess
+    from training.bench.orthanc_process import Orthanc, orthanc_installed
+    from training.bench.service_process import ServiceProcess, free_port
     from training.phantom import PhantomOptions, generate_study
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the polls below would fill the terminal

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from training.bench.service_process import free_port
 
 __all__ = ["DICOMWEB_PLUGIN", "ORTHANC", "Orthanc", "orthanc_installed"]
 
@@ -26,12 +27,6 @@ STARTUP_TIMEOUT_S = 30.0
 
 def orthanc_installed() -> bool:
     return Path(ORTHANC).exists() and Path(DICOMWEB_PLUGIN).exists()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Orthanc:
