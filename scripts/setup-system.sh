@@ -12,6 +12,7 @@ declare -A need=(
   [chromedriver]=chromium-driver
   [buildah]=buildah
   [debootstrap]=debootstrap
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!need[@]}"; do
