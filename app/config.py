@@ -123,6 +123,11 @@ class Settings(MapPaths):
     )
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads; 0 lets it choose.")
     tta: bool = Field(default=False, description="8-way flip test-time augmentation (slow on CPU).")
+    brain_crop: bool = Field(
+        default=True,
+        description="Run the network on the brain's bounding box (plus margin and context) only; False = the whole "
+        "volume, as models trained on whole 4 mm heads (ce-lowdose-v1 up to 1.1.0) were evaluated.",
+    )
     min_working_spacing_mm: float = Field(
         default=1.0,
         gt=0.0,

@@ -82,6 +82,7 @@ class Pipeline:
             providers=tuple(settings.providers) if settings.providers else None,
             intra_op_threads=settings.intra_op_threads,
             tta=settings.tta,
+            brain_crop=settings.brain_crop,
         )
 
     def writer_settings(self, request: PipelineRequest) -> Any:

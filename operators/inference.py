@@ -18,10 +18,13 @@ from operators.model_inputs import NormalizedInputs
 from operators.model_manifest import ModelManifest
 
 __all__ = [
+    "CROP_CONTEXT_VOXELS",
     "PROVIDER_PRIORITY",
+    "BrainBox",
     "InferenceSettings",
     "Prediction",
     "SessionPool",
+    "brain_box",
     "gaussian_importance",
     "get_session",
     "infer",
@@ -68,6 +71,11 @@ class InferenceSettings:
         A model without a patch size runs on the whole volume up to this many voxels (a 1 mm head, 256 x 256 x 192,
         runs whole, as the models were evaluated: its activations take about 2.7 GiB), and by sliding window
         beyond (windows of at most this size, overlap 0.25; see :func:`window_for`). None: always whole.
+    brain_crop:
+        Run the network on the brain's bounding box only (see :func:`brain_box`); the contrast signal is zero
+        outside it, so the synthetic image there is the source image, as post-processing makes it anyway beyond
+        the brain mask grown by ``BRAIN_MARGIN_MM``. False: the whole volume (how models up to ce-lowdose-v1 1.1.0,
+        trained on whole 4 mm heads, were evaluated).
     """
 
     providers: tuple[str, ...] | None = None
@@ -77,6 +85,7 @@ class InferenceSettings:
     overlap: float | None = None
     batch_size: int | None = None
     max_patch_voxels: int | None = 192 * 256 * 256
+    brain_crop: bool = True
 
 
 @dataclass
@@ -91,6 +100,7 @@ class Prediction:
     tta: bool
     patches: int
     seconds: float
+    region: BrainBox | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary for report.json (without the array)."""
@@ -102,7 +112,82 @@ class Prediction:
             "tta": self.tta,
             "patches": self.patches,
             "seconds": self.seconds,
+            "region": None if self.region is None else self.region.to_dict(),
         }
+
+
+#: Context the network sees beyond the brain region it predicts (voxels): the 8 voxels that training ignores at
+#: each patch face (``training.losses.PAPER_MARGIN``), so every voxel kept had at least the context of a voxel
+#: the training loss was computed on.
+CROP_CONTEXT_VOXELS = 8
+
+
+@dataclass(frozen=True)
+class BrainBox:
+    """The part of the volume (slices, rows, columns) the network ran on."""
+
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+    volume_shape: tuple[int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.stop[0] - self.start[0], self.stop[1] - self.start[1], self.stop[2] - self.start[2])
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return (
+            slice(self.start[0], self.stop[0]),
+            slice(self.start[1], self.stop[1]),
+            slice(self.start[2], self.stop[2]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: where the box lies, its size and its share of the volume's voxels."""
+        return {
+            "kind": "brain bounding box",
+            "start_zyx": list(self.start),
+            "shape_zyx": list(self.shape),
+            "volume_shape_zyx": list(self.volume_shape),
+            "voxel_fraction": round(math.prod(self.shape) / max(1, math.prod(self.volume_shape)), 4),
+        }
+
+
+def brain_box(
+    brain: np.ndarray,
+    spacing_zyx: Sequence[float],
+    *,
+    margin_mm: float,
+    context_voxels: int = CROP_CONTEXT_VOXELS,
+    divisor: int = 1,
+) -> BrainBox | None:
+    """The bounding box of ``brain`` grown by ``margin_mm`` (where post-processing keeps contrast) plus
+    ``context_voxels``, widened inside the volume to multiples of ``divisor`` where it fits.
+
+    None for an empty mask (the caller runs the whole volume).
+    """
+    if not brain.any():
+        return None
+    shape = tuple(int(n) for n in brain.shape)
+    start: list[int] = []
+    stop: list[int] = []
+    for axis, (n, spacing) in enumerate(zip(shape, spacing_zyx, strict=True)):
+        others = tuple(i for i in range(3) if i != axis)
+        present = np.flatnonzero(brain.any(axis=others))
+        grow = math.ceil(margin_mm / float(spacing)) + context_voxels
+        low, high = max(0, int(present[0]) - grow), min(n, int(present[-1]) + 1 + grow)
+        want = min(n, math.ceil((high - low) / divisor) * divisor)
+        extra = want - (high - low)
+        low = max(0, low - extra // 2)
+        high = min(n, low + want)
+        low = max(0, high - want)
+        start.append(low)
+        stop.append(high)
+    return BrainBox(
+        start=(start[0], start[1], start[2]),
+        stop=(stop[0], stop[1], stop[2]),
+        volume_shape=(shape[0], shape[1], shape[2]),
+    )
 
 
 def select_providers(preferred: Sequence[str] | None = None, *, available: Sequence[str] | None = None) -> list[str]:
@@ -402,35 +487,49 @@ def infer(
     ValueError
         When requested providers are not available.
     """
+    from operators.postprocess import BRAIN_MARGIN_MM
+
     settings = settings or InferenceSettings()
     manifest = normalized.manifest
     started = time.perf_counter()
     session = (sessions or _DEFAULT_POOL).get(manifest, settings)
     providers = session.get_providers()
     tta = settings.tta if settings.tta is not None else any(p in _GPU_PROVIDERS for p in providers)
-    window = window_for(normalized.inputs.shape[1:], manifest, settings.max_patch_voxels)
+    region = None
+    inputs = normalized.inputs
+    if settings.brain_crop:
+        spacing_zyx = tuple(reversed(normalized.reference.GetSpacing()))
+        region = brain_box(normalized.brain, spacing_zyx, margin_mm=BRAIN_MARGIN_MM, divisor=manifest.spatial_divisor)
+        if region is not None:
+            inputs = np.ascontiguousarray(inputs[(slice(None), *region.slices)])
+    window = window_for(inputs.shape[1:], manifest, settings.max_patch_voxels)
     output, patches = predict_volume(
         session,
         manifest,
-        normalized.inputs,
+        inputs,
         normalized.condition,
         tta=tta,
         overlap=settings.overlap if window is None or settings.overlap is not None else WINDOW_OVERLAP,
         batch_size=settings.batch_size,
         patch_size=window,
     )
+    first = output[0]
+    if region is not None:  # the network said nothing beyond the box: no contrast there
+        first = np.zeros(normalized.inputs.shape[1:], dtype=np.float32)
+        first[region.slices] = output[0]
     seconds = time.perf_counter() - started
     logger.info(
-        "inference %s %s on %s: %d patch(es), TTA %s, %.2f s",
+        "inference %s %s on %s: %s, %d patch(es), TTA %s, %.2f s",
         manifest.name,
         manifest.version,
         providers[0],
+        "whole volume" if region is None else f"brain box {'x'.join(map(str, region.shape))}",
         patches,
         "on" if tta else "off",
         seconds,
     )
     return Prediction(
-        output=output[0],
+        output=first,
         model_name=manifest.name,
         model_version=manifest.version,
         model_sha256=manifest.sha256,
@@ -438,4 +537,5 @@ def infer(
         tta=tta,
         patches=patches,
         seconds=seconds,
+        region=region,
     )

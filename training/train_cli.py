@@ -20,6 +20,17 @@ def _pair(text: str) -> tuple[str, float]:
     return agent.strip(), float(field)
 
 
+def _resolutions(text: str | None) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--phantom-resolutions must be comma-separated millimetres, e.g. 1,1,1.5,4; found {text!r}"
+        ) from None
+
+
 def train(
     out: Annotated[Path, typer.Option("--out", help="Model folder to export to (models/NAME).")],
     model: Annotated[str, typer.Option(help="differential (Pinetz et al.), direct (Bone et al.) or zerodose.")] = (
@@ -53,6 +64,10 @@ def train(
     embedding_dim: Annotated[int | None, typer.Option(help="Condition embedding size (differential; 128).")] = None,
     phantom_size: Annotated[str, typer.Option(help="Phantom grid: small (~4 mm) or full (1 mm).")] = "small",
     phantom_resolution: Annotated[float | None, typer.Option(help="Phantom voxel size override (mm).")] = None,
+    phantom_resolutions: Annotated[
+        str | None,
+        typer.Option(help="Voxel sizes drawn per phantom subject, comma-separated mm (repeat one to weight it)."),
+    ] = None,
     dose_min: Annotated[float, typer.Option(help="Lowest phantom low dose (relative to standard).")] = 0.1,
     dose_max: Annotated[float, typer.Option(help="Highest phantom low dose.")] = 0.33,
     exclude_pair: Annotated[
@@ -116,6 +131,7 @@ def train(
             variation=PhantomVariation(
                 size=phantom_size,  # type: ignore[arg-type]  # validated by PhantomOptions
                 resolution_mm=phantom_resolution,
+                resolutions_mm=_resolutions(phantom_resolutions),
                 dose_range=(dose_min, dose_max),
                 exclude_pairs=tuple(_pair(p) for p in exclude_pair or ()),
             ),

@@ -69,6 +69,10 @@ def export_trained(
     if "phantom" in data_kinds:
         variation = config.variation
         summary["phantom_size"] = f"{variation.resolution_mm} mm" if variation.resolution_mm else variation.size
+        if variation.resolutions_mm:
+            counts = {r: variation.resolutions_mm.count(r) for r in sorted(set(variation.resolutions_mm))}
+            total = len(variation.resolutions_mm)
+            summary["phantom_size"] = "mix of " + ", ".join(f"{r:g} mm ({n / total:.0%})" for r, n in counts.items())
         summary["phantom_doses"] = f"{variation.dose_range[0]:g}-{variation.dose_range[1]:g}"
         held = ", ".join(f"{a}@{f:g} T" for a, f in variation.exclude_pairs)
         summary["held_out_pairs"] = held or "none"
@@ -83,11 +87,18 @@ def export_trained(
     limits = []
     if "phantom" in data_kinds:
         grid = summary["phantom_size"]
-        limits.append(
-            f"Trained on phantom subjects of the `{grid}` grid only (the `small` preset has about 4 mm voxels): "
-            "scanner images at about 1 mm present other structure sizes and noise texture to the network, and this "
-            "model has not been evaluated on them."
-        )
+        if variation.resolutions_mm:
+            limits.append(
+                f"Trained on phantom subjects on a {grid} isotropic grids: voxel sizes outside "
+                f"{min(variation.resolutions_mm):g}-{max(variation.resolutions_mm):g} mm and anisotropic acquisitions "
+                "(thick slices) were not in training."
+            )
+        else:
+            limits.append(
+                f"Trained on phantom subjects of the `{grid}` grid only (the `small` preset has about 4 mm voxels): "
+                "scanner images at about 1 mm present other structure sizes and noise texture to the network, and "
+                "this model has not been evaluated on them."
+            )
         doses = f"low doses {summary['phantom_doses']} of standard and " if config.model != "zerodose" else ""
         limits.append(
             f"Trained on {doses}the (agent, field strength) pairs of the phantom variation except "

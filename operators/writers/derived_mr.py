@@ -217,7 +217,15 @@ def write_synthetic_series(
     fmt = pixel_format(first, label)
     geometries = [slice_geometry(ref, label) for ref in source.slices]  # every check before the first file
     rescales = np.array([slice_rescale(ref) for ref in source.slices], dtype=np.float64)
-    stored, clipped = to_stored_values(values, rescales[:, 0], rescales[:, 1], fmt)
+    stored, clipped, written = to_stored_values(values, rescales[:, 0], rescales[:, 1], fmt)
+    if written != fmt:
+        logger.info(
+            "%s: the synthetic image exceeds the source's %d stored bits; written with %d",
+            label,
+            fmt.bits_stored,
+            written.bits_stored,
+        )
+        fmt = written
     if clipped:
         logger.warning(
             "%s: %d synthetic voxels (%.3f %%) fell outside the stored range %s of the source and were clipped",

@@ -347,7 +347,9 @@ class TestSameAsBefore:
     changed no pixel. The pixel golden was regenerated once since, when the synthetic image was made to equal
     the source outside the grown brain mask (issue 10): every voxel that changed then became the source's value.
     The report golden gained one entry in ``outputs`` when the report SR was added (issue 13): nothing else in it
-    changed, and the SR holds no pixels, so the pixel golden did not change.
+    changed, and the SR holds no pixels, so the pixel golden did not change. The report golden gained
+    ``extra/inference/region`` when inference moved to the brain's bounding box (issue 12): on this 4 mm head the
+    box grown by the margin and the network's context is the whole volume, and no pixel changed.
     """
 
     def test_pixel_data_is_byte_for_byte_the_same(self, map_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

@@ -13,8 +13,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from operators.inference import (
+    CROP_CONTEXT_VOXELS,
     PROVIDER_PRIORITY,
     InferenceSettings,
+    brain_box,
     gaussian_importance,
     get_session,
     predict_volume,
@@ -210,3 +212,31 @@ class TestWindowForLargeVolumes:
         window = window_for((192, 256, 256), manifest, 8_000_000)
         assert window == (120, 256, 256)
         assert math.prod(window) <= 8_000_000 and all(n % manifest.spatial_divisor == 0 for n in window)
+
+
+class TestBrainBox:
+    """The network runs on the brain's bounding box, grown by the post-processing margin and the context."""
+
+    def test_box_grows_by_margin_and_context(self) -> None:
+        brain = np.zeros((120, 160, 140), dtype=bool)
+        brain[40:80, 50:100, 30:90] = True
+        box = brain_box(brain, (1.0, 1.0, 1.0), margin_mm=5.0, divisor=1)
+        assert box is not None
+        grow = 5 + CROP_CONTEXT_VOXELS
+        assert box.start == (40 - grow, 50 - grow, 30 - grow)
+        assert box.stop == (80 + grow, 100 + grow, 90 + grow)
+        assert box.to_dict()["voxel_fraction"] == pytest.approx(math.prod(box.shape) / brain.size, abs=1e-4)
+
+    def test_sides_are_multiples_of_the_divisor_inside_the_volume(self) -> None:
+        brain = np.zeros((50, 64, 70), dtype=bool)
+        brain[2:45, 30:33, 10:21] = True  # touches the first and (nearly) the last slice
+        box = brain_box(brain, (2.0, 1.0, 0.5), margin_mm=4.0, context_voxels=3, divisor=8)
+        assert box is not None
+        assert all(0 <= a < b <= n for a, b, n in zip(box.start, box.stop, brain.shape, strict=True))
+        assert box.shape[0] == 50  # grown past both ends: the whole axis (inference pads it to 56)
+        assert box.shape[1] % 8 == 0 and box.shape[2] % 8 == 0
+        assert box.start[1] <= 30 - 4 - 3 and box.stop[1] >= 33 + 4 + 3
+        assert box.start[2] == 0 and box.stop[2] >= 21 + 8 + 3  # 4 mm = 8 voxels of 0.5 mm, clipped at 0
+
+    def test_empty_mask_runs_the_whole_volume(self) -> None:
+        assert brain_box(np.zeros((8, 8, 8), dtype=bool), (1.0, 1.0, 1.0), margin_mm=5.0) is None

@@ -104,6 +104,24 @@ class TestBaselineEndToEnd:
         # the noise of y is the subtraction noise amplified by 1 / d
         assert result.noise_sigma == pytest.approx(normalized.noise_sigma_source / DOSE, rel=0.1)  # type: ignore[operator]
 
+    def test_brain_box_gives_the_whole_volume_result(self, normalized: NormalizedInputs) -> None:
+        """The network runs on the brain's box only; for a voxel-wise model the synthetic image is the same."""
+        cropped = infer(normalized, InferenceSettings(tta=False))
+        whole = infer(normalized, InferenceSettings(tta=False, brain_crop=False))
+        assert whole.region is None and cropped.region is not None
+        box = cropped.region
+        assert box.volume_shape == normalized.brain.shape
+        assert np.prod(box.shape) < np.prod(box.volume_shape)
+        region = brain_region(normalized.brain, (SPACING,) * 3, BRAIN_MARGIN_MM)
+        inside = np.zeros_like(region)
+        inside[box.slices] = True
+        assert not (region & ~inside).any()  # everything post-processing keeps lies in the box
+        assert cropped.to_dict()["region"]["shape_zyx"] == list(box.shape)
+        np.testing.assert_array_equal(
+            sitk.GetArrayFromImage(postprocess(cropped, normalized).synthetic),
+            sitk.GetArrayFromImage(postprocess(whole, normalized).synthetic),
+        )
+
     def test_geometry_and_model_record(self, normalized: NormalizedInputs) -> None:
         result = postprocess(infer(normalized, InferenceSettings(tta=False)), normalized)
         for image in (result.synthetic, result.enhancement):

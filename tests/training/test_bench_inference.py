@@ -56,7 +56,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def differential(models: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One run of the bench on the default model (both rows, each in its own process)."""
-    return bench_inference(tmp_path_factory.mktemp("work"), models_dir=models, shape=SHAPE, repeats=2)
+    return bench_inference(
+        tmp_path_factory.mktemp("work"), models_dir=models, shape=SHAPE, repeats=2, reference=models / DEFAULT
+    )
 
 
 def _check_row(row: Any, repeats: int) -> None:
@@ -103,6 +105,17 @@ class TestDifferentialModel:
         assert differential["target_s"] == TARGET_S
         assert differential["pass"] == (ort_best <= TARGET_S)
         assert differential["pass_median"] == (differential["onnxruntime"]["median_s"] <= TARGET_S)
+
+    def test_brain_box_and_reference_row(self, differential: dict[str, Any]) -> None:
+        """The model runs on the brain's box as the pipeline does; the reference on the whole volume as released."""
+        assert differential["brain_crop"] is True
+        region = differential["onnxruntime"]["region"]
+        assert region["volume_shape_zyx"] == list(SHAPE)
+        reference = differential["reference"]
+        _check_row(reference, 2)
+        assert (reference["model"], reference["brain_crop"], reference["region"]) == (DEFAULT, False, None)
+        ratio = differential["onnxruntime"]["median_s"] / reference["median_s"]
+        assert differential["median_over_reference"] == pytest.approx(ratio, rel=1e-2, abs=1e-3)
 
     def test_json_ready(self, differential: dict[str, Any]) -> None:
         assert json.loads(json.dumps(differential)) == differential

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -96,6 +97,33 @@ class TestPhantomStream:
         assert ("gadoterate", 1.5) not in pairs and ("gadobutrol", 3.0) not in pairs
         assert ("gadoterate", 3.0) in pairs and ("gadobutrol", 1.5) in pairs
         assert max(o.dose for o in options) <= 0.2
+
+    def test_grid_mix_is_drawn_last(self) -> None:
+        """A voxel-size mix draws one grid per subject and leaves every other draw of the seed as it was."""
+        mix = PhantomVariation(size="full", resolutions_mm=(1.0, 1.0, 1.0, 2.0, 4.0))
+        single = PhantomVariation(size="full")
+        drawn = [phantom_options(seed, mix) for seed in range(40)]
+        assert {o.resolution_mm for o in drawn} == {1.0, 2.0, 4.0}
+        assert 0.4 < sum(o.resolution_mm == 1.0 for o in drawn) / 40 < 0.8
+        for seed, options in enumerate(drawn):
+            plain = phantom_options(seed, single)
+            assert dataclasses.replace(options, resolution_mm=None) == plain
+        assert "resolutions_mm" not in single.to_dict()  # records of single-grid runs are unchanged
+        with pytest.raises(ValueError, match=r"resolutions_mm must be within 0\.5 to 8 mm"):
+            PhantomVariation(resolutions_mm=(1.0, 12.0))
+
+    def test_cache_key_is_the_drawn_subject(self, workspace: dict[str, object]) -> None:
+        """Variations that draw the same subject share its cached sample; another draw gets another file."""
+        manifest = workspace["manifest"]
+        subject = workspace["subject"]
+        root = Path(str(workspace["root"]))
+
+        def path(variation: PhantomVariation) -> Path:
+            return SampleCache(root, manifest, variation).path(subject)  # type: ignore[arg-type]
+
+        two_mm = dataclasses.replace(VARIATION, resolution_mm=2.0)
+        assert path(dataclasses.replace(VARIATION, resolutions_mm=(2.0,))) == path(two_mm)
+        assert path(two_mm) != path(VARIATION)
 
     def test_invalid_variation(self) -> None:
         with pytest.raises(ValueError, match="dose_range must satisfy"):

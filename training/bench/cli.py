@@ -19,6 +19,9 @@ __all__ = ["bench", "bench_pipeline"]
 
 logger = logging.getLogger(__name__)
 
+#: The previous default model (ce-lowdose-v1 1.1.0, trained on whole 4 mm heads), kept to be timed beside the
+#: current one (issue 12: the new default at most 1.3 times its median).
+REFERENCE_MODEL = Path(__file__).resolve().parent / "reference" / "ce-lowdose-v1"
 SECTIONS = ("phantom", "ingest", "pipeline", "warm", "large", "inference", "service", "dicom")
 
 
@@ -114,6 +117,11 @@ def bench(
     inference_repeats: int = typer.Option(
         3, "--inference-repeats", min=1, help="Timed runs per inference row, after one warm-up."
     ),
+    reference: str = typer.Option(
+        str(REFERENCE_MODEL),
+        "--reference",
+        help="Model folder timed beside the inference bench's model, whole volume as released ('none' to skip).",
+    ),
     service_jobs: int = typer.Option(20, "--service-jobs", min=1, help="Studies posted at once in the service bench."),
     service_workers: int = typer.Option(1, "--service-workers", min=1, help="Worker processes of the service bench."),
 ) -> None:
@@ -158,8 +166,14 @@ def bench(
             from training.bench.inference import bench_inference
 
             typer.echo(f"bench: inference ({'x'.join(map(str, shape))}, ONNX Runtime vs PyTorch eager)...", err=True)
+            previous = None if reference.lower() == "none" else Path(reference)
             results["inference"] = bench_inference(
-                work / "inference-bench", models_dir=models_dir, model=model, shape=shape, repeats=inference_repeats
+                work / "inference-bench",
+                models_dir=models_dir,
+                model=model,
+                shape=shape,
+                repeats=inference_repeats,
+                reference=previous if previous is None or previous.is_dir() else None,
             )
             (out / "inference.json").write_text(json.dumps(results["inference"], indent=2) + "\n")
         if "service" in sections:

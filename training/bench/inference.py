@@ -46,6 +46,10 @@ TARGET_S = 15.0
 #: Condition values used when the manifest gives no default (a typical 25% dose of a macrocyclic agent at 3 T).
 TYPICAL_CONDITION: dict[str, float] = {"dose": 0.25, "field_strength_t": 3.0, "r1": 4.5, "sigma": 0.03}
 ROWS = ("ort", "eager")
+#: Semi-axes of the synthetic brain as fractions of the grid (slices, rows, columns): the brain masks of 1 mm
+#: phantom subjects span about 155 x 188 x 165 of 192 x 256 x 256 voxels. The network runs on that box plus a
+#: margin (``operators.inference.brain_box``), so the brain's size sets the inference time.
+BRAIN_SEMI_AXES: tuple[float, float, float] = (0.40, 0.37, 0.32)
 
 
 def physical_cores() -> int:
@@ -70,9 +74,10 @@ def synthetic_inputs(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Model inputs of the right channels and condition for ``manifest`` on a ``shape`` grid (for timing only).
 
-    An ellipsoidal brain; each channel has a plausible level inside it plus Gaussian noise in its own units
-    (images near 0.8 in 95th-percentile units, subtractions in units of sigma, s_LD constant); the condition
-    takes the manifest's defaults, else typical values. Run time does not depend on the values.
+    An ellipsoidal brain with the extent of the phantom's 1 mm brains (:data:`BRAIN_SEMI_AXES`); each channel
+    has a plausible level inside it plus Gaussian noise in its own units (images near 0.8 in 95th-percentile
+    units, subtractions in units of sigma, s_LD constant); the condition takes the manifest's defaults, else
+    typical values. Run time does not depend on the values.
 
     Returns
     -------
@@ -90,7 +95,7 @@ def synthetic_inputs(
     rng = np.random.default_rng(seed)
     squared = np.zeros(size, dtype=np.float32)
     for axis, n in enumerate(size):
-        coordinate = (np.arange(n, dtype=np.float32) - (n - 1) / 2) / (0.42 * n)
+        coordinate = (np.arange(n, dtype=np.float32) - (n - 1) / 2) / (BRAIN_SEMI_AXES[axis] * n)
         squared += (coordinate**2).reshape([-1 if a == axis else 1 for a in range(3)])
     brain: np.ndarray = squared <= 1.0
     del squared
@@ -184,14 +189,25 @@ def _normalized(manifest: ModelManifest, shape: Sequence[int], seed: int) -> Nor
     )
 
 
-def _ort_row(manifest: ModelManifest, shape: Sequence[int], *, repeats: int, threads: int, tta: bool, seed: int) -> Any:
-    """The pipeline's own ``infer`` (CPU provider, the configured threads and TTA) on synthetic inputs."""
+def _ort_row(
+    manifest: ModelManifest,
+    shape: Sequence[int],
+    *,
+    repeats: int,
+    threads: int,
+    tta: bool,
+    seed: int,
+    brain_crop: bool = True,
+) -> Any:
+    """The pipeline's own ``infer`` (CPU provider, the configured threads, TTA and brain crop) on synthetic inputs."""
     import onnxruntime as ort
 
     from operators.inference import InferenceSettings, get_session, infer
 
     normalized = _normalized(manifest, shape, seed)
-    settings = InferenceSettings(providers=("CPUExecutionProvider",), intra_op_threads=threads, tta=tta)
+    settings = InferenceSettings(
+        providers=("CPUExecutionProvider",), intra_op_threads=threads, tta=tta, brain_crop=brain_crop
+    )
     start = time.perf_counter()
     get_session(manifest, settings)  # created and cached here; infer reuses it
     session_s = time.perf_counter() - start
@@ -199,7 +215,8 @@ def _ort_row(manifest: ModelManifest, shape: Sequence[int], *, repeats: int, thr
 
     def run() -> np.ndarray:
         prediction = infer(normalized, settings)
-        last.update(providers=prediction.providers, patches=prediction.patches, tta=prediction.tta)
+        region = None if prediction.region is None else prediction.region.to_dict()
+        last.update(providers=prediction.providers, patches=prediction.patches, tta=prediction.tta, region=region)
         return prediction.output
 
     row = _timed(run, repeats)
@@ -265,9 +282,11 @@ def bench_inference(
     repeats: int = 3,
     threads: int | None = None,
     seed: int = 0,
+    reference: Path | None = None,
 ) -> dict[str, Any]:
     """Time the default (or named) model on a full-size volume: ONNX Runtime through the pipeline's ``infer``,
-    and the same network in PyTorch eager, each in its own process.
+    and the same network in PyTorch eager, each in its own process; optionally a reference model folder (e.g. the
+    previous version) in the same run, on the whole volume as it was released, with the ratio of the medians.
 
     Parameters
     ----------
@@ -286,6 +305,8 @@ def bench_inference(
         PyTorch gets the same number (0 resolved to the physical cores).
     seed:
         Seed of the synthetic inputs.
+    reference:
+        A model folder to time beside it (ONNX Runtime row only, whole volume, no brain crop).
 
     Returns
     -------
@@ -317,10 +338,14 @@ def bench_inference(
     intra = settings.intra_op_threads if threads is None else threads
     eager_threads = intra or physical_cores()
     config = recorded_network_config(manifest.folder)
-    arguments = [
-        *("--models-dir", str(settings.models_dir), "--model", manifest.name),
+    timing = [
         *("--shape", *(str(int(n)) for n in shape), "--repeats", str(repeats), "--seed", str(seed)),
         *("--tta" if settings.tta else "--no-tta",),
+    ]
+    arguments = [
+        *("--models-dir", str(settings.models_dir), "--model", manifest.name),
+        *timing,
+        *("--brain-crop" if settings.brain_crop else "--no-brain-crop",),
     ]
     result: dict[str, Any] = {
         "model": manifest.name,
@@ -332,6 +357,7 @@ def bench_inference(
         "repeats": repeats,
         "threads": intra,
         "tta": settings.tta,
+        "brain_crop": settings.brain_crop,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "target_s": TARGET_S,
     }
@@ -352,6 +378,19 @@ def bench_inference(
             logger.warning("PyTorch eager row failed: %s", exc)
             eager = f"failed: {exc}"
     result["pytorch_eager"] = eager
+    if reference is not None:
+        from operators.model_manifest import load_manifest
+
+        folder = Path(reference)
+        previous = load_manifest(folder.parent, folder.name)
+        reference_arguments = [
+            *("--models-dir", str(folder.parent), "--model", folder.name),
+            *timing,
+            *("--threads", str(intra), "--no-brain-crop"),
+        ]
+        row = _run_row("ort", work_dir / "reference", reference_arguments)
+        result["reference"] = {"model": previous.name, "version": previous.version, "brain_crop": False, **row}
+        result["median_over_reference"] = round(ort_row["median_s"] / row["median_s"], 3)
     result["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     result["ort_over_eager"] = (
         round(ort_row["best_s"] / eager["best_s"], 3) if isinstance(eager, dict) and eager["best_s"] > 0 else "n/a"
@@ -409,13 +448,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--brain-crop", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     from operators.model_manifest import load_manifest
 
     manifest = load_manifest(args.models_dir, args.model)
-    row = _ort_row if args.row == "ort" else _eager_row
-    data = row(manifest, args.shape, repeats=args.repeats, threads=args.threads, tta=args.tta, seed=args.seed)
+    common = {"repeats": args.repeats, "threads": args.threads, "tta": args.tta, "seed": args.seed}
+    if args.row == "ort":
+        data = _ort_row(manifest, args.shape, brain_crop=args.brain_crop, **common)
+    else:
+        data = _eager_row(manifest, args.shape, **common)
     args.result.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return 0
 

@@ -53,6 +53,10 @@ class PhantomVariation:
     ----------
     size, resolution_mm:
         Phantom grid (``"small"``: about 4 mm, 64x64x48; ``"full"``: 1 mm) and an optional isotropic override.
+    resolutions_mm:
+        Voxel sizes drawn per subject, uniformly over the tuple (repeat a value to weight it): a model trained on a
+        mix of grids does not depend on one voxel size. Overrides ``resolution_mm``; empty = every subject on the
+        same grid. Drawn after every other choice, so the other draws of a seed do not change with it.
     field_strengths, agents:
         Drawn uniformly; ``exclude_pairs`` removes (agent, field strength) combinations (held out for evaluation).
     dose_range:
@@ -69,6 +73,7 @@ class PhantomVariation:
 
     size: Literal["small", "full"] = "small"
     resolution_mm: float | None = None
+    resolutions_mm: tuple[float, ...] = ()
     field_strengths: tuple[float, ...] = (1.5, 3.0)
     agents: tuple[str, ...] = tuple(AGENT_R1)
     exclude_pairs: tuple[tuple[str, float], ...] = ()
@@ -93,6 +98,8 @@ class PhantomVariation:
         low, high = self.dose_range
         if not 0.0 < low <= high < 1.0:
             raise ValueError(f"dose_range must satisfy 0 < low <= high < 1; found {self.dose_range}")
+        if any(not 0.5 <= r <= 8.0 for r in self.resolutions_mm):
+            raise ValueError(f"resolutions_mm must be within 0.5 to 8 mm; found {list(self.resolutions_mm)}")
         if not 0 <= self.lesion_count_range[0] <= self.lesion_count_range[1] <= 10:
             raise ValueError(f"lesion_count_range must be within 0 to 10, low <= high; found {self.lesion_count_range}")
 
@@ -110,6 +117,8 @@ class PhantomVariation:
         """JSON-ready form (part of the cache key and the training record)."""
         data = asdict(self)
         data["exclude_pairs"] = [list(p) for p in self.exclude_pairs]
+        if not self.resolutions_mm:
+            del data["resolutions_mm"]  # records written before the grid mix existed stay comparable
         return data
 
 
@@ -129,23 +138,30 @@ def phantom_options(seed: int, variation: PhantomVariation, *, roles: Sequence[s
     low, high = variation.dose_range
     motion = bool(rng.random() < variation.motion_probability)
     wanted = [r for r in ALL_ROLES if r in roles]
-    return PhantomOptions(
-        seed=seed,
-        size=variation.size,
-        resolution_mm=variation.resolution_mm,
-        field_strength=field,
-        agent=agent,
-        dose=round(float(rng.uniform(low, high)), 4),
-        roles=tuple(wanted),
-        vendor=variation.vendors[int(rng.integers(len(variation.vendors)))],  # type: ignore[arg-type]
-        t1_sequence=variation.t1_sequences[int(rng.integers(len(variation.t1_sequences)))],  # type: ignore[arg-type]
-        t1_orientation=variation.t1_orientations[int(rng.integers(len(variation.t1_orientations)))],  # type: ignore[arg-type]
-        output_format=variation.output_formats[int(rng.integers(len(variation.output_formats)))],  # type: ignore[arg-type]
+    dose = round(float(rng.uniform(low, high)), 4)
+    draws = dict(
+        vendor=variation.vendors[int(rng.integers(len(variation.vendors)))],
+        t1_sequence=variation.t1_sequences[int(rng.integers(len(variation.t1_sequences)))],
+        t1_orientation=variation.t1_orientations[int(rng.integers(len(variation.t1_orientations)))],
+        output_format=variation.output_formats[int(rng.integers(len(variation.output_formats)))],
         noise=round(float(rng.uniform(*variation.noise_range)), 4),
         noise_spatially_varying=bool(rng.random() < variation.spatial_noise_probability),
         lesion_count=int(rng.integers(variation.lesion_count_range[0], variation.lesion_count_range[1] + 1)),
         motion=motion,
         motion_mm=round(float(rng.uniform(0.2, variation.motion_mm_max)), 3) if motion else 0.0,
+    )
+    resolution = variation.resolution_mm
+    if variation.resolutions_mm:  # drawn last: the draws above stay those of a single-grid variation
+        resolution = float(variation.resolutions_mm[int(rng.integers(len(variation.resolutions_mm)))])
+    return PhantomOptions(
+        seed=seed,
+        size=variation.size,
+        resolution_mm=resolution,
+        field_strength=field,
+        agent=agent,
+        dose=dose,
+        roles=tuple(wanted),
+        **draws,  # type: ignore[arg-type]  # the choices are PhantomOptions' literals
     )
 
 
@@ -282,13 +298,20 @@ class SampleCache:
             "mode": manifest.mode.value,
         }
         self.fingerprint = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
-        phantom = {"fingerprint": self.fingerprint, "variation": variation.to_dict()}
-        self.phantom_fingerprint = hashlib.sha256(json.dumps(phantom, sort_keys=True).encode()).hexdigest()[:12]
 
     def path(self, subject: Subject) -> Path:
-        """Cache file of a subject."""
-        suffix = self.phantom_fingerprint if subject.kind == "phantom" else self.fingerprint
+        """Cache file of a subject. A phantom's key is its drawn options, not the variation they came from, so
+        runs whose variations draw the same subject (e.g. the 1 mm share of a grid mix) share its sample."""
+        suffix = self.fingerprint
+        if subject.kind == "phantom":
+            drawn = {"fingerprint": self.fingerprint, "options": self._phantom_options(subject).to_dict()}
+            suffix = hashlib.sha256(json.dumps(drawn, sort_keys=True, default=str).encode()).hexdigest()[:12]
         return self.root / f"{subject.key}.{suffix}.npz"
+
+    def _phantom_options(self, subject: Subject) -> PhantomOptions:
+        if subject.seed is None:
+            raise ValueError(f"phantom subject {subject.name} has no seed")
+        return phantom_options(subject.seed, self.variation, roles=[r.value for r in training_roles(self.manifest)])
 
     def get(self, subject: Subject) -> Sample:
         """The subject's sample, from the cache or built (and cached) now.
@@ -311,11 +334,7 @@ class SampleCache:
     def build(self, subject: Subject) -> Sample:
         """Build a subject's sample without the cache (phantoms are generated as DICOM into a temporary folder)."""
         if subject.kind == "phantom":
-            if subject.seed is None:
-                raise ValueError(f"phantom subject {subject.name} has no seed")
-            options = phantom_options(
-                subject.seed, self.variation, roles=[r.value for r in training_roles(self.manifest)]
-            )
+            options = self._phantom_options(subject)
             self.root.mkdir(parents=True, exist_ok=True)
             from training.phantom import generate_study
 

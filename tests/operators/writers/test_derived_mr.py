@@ -140,25 +140,43 @@ class TestPixels:
     def test_values_round_trip_in_the_source_format(self, source: Volume, tmp_path: Path, model_kwargs: dict) -> None:
         paths = _write(source, tmp_path / "syn", model_kwargs)
         first_out, first_in = pydicom.dcmread(paths[0]), source.slices[0].dataset
-        for keyword in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PhotometricInterpretation"):
+        for keyword in ("BitsAllocated", "PixelRepresentation", "PhotometricInterpretation"):
             assert first_out[keyword].value == first_in[keyword].value, keyword
         synthetic = sitk.GetArrayFromImage(synthetic_from(source)).astype(np.float64)
         rescale = np.array([_rescale(ref) for ref in source.slices])
         slope, intercept = rescale[:, 0, None, None], rescale[:, 1, None, None]
         bits, signed = int(first_in.BitsStored), int(first_in.PixelRepresentation) == 1
         low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        stored_values = np.rint((synthetic - intercept) / slope)
+        if stored_values.min() < low or stored_values.max() > high:  # brighter than the source: bits widened
+            bits = int(first_in.BitsAllocated)
+        assert (int(first_out.BitsStored), int(first_out.HighBit)) == (bits, bits - 1)
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
         expected = np.clip(np.rint((synthetic - intercept) / slope), low, high) * slope + intercept
         rebuilt = sitk.GetArrayFromImage(load_volume(tmp_path / "syn").image)
         np.testing.assert_allclose(rebuilt, expected, atol=1e-3)
 
-    def test_values_beyond_the_stored_range_are_clipped(
+    def test_values_beyond_the_stored_bits_widen_them(
         self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict
     ) -> None:
+        """Enhancement brighter than the 12-bit source's range is kept: BitsStored grows to BitsAllocated."""
+        assert int(classic_uint16.slices[0].dataset.BitsStored) == 12
         bright = synthetic_from(classic_uint16, gain=3.0, offset=0.0)
         paths = write_synthetic_series(classic_uint16, bright, tmp_path / "syn", series_number=1, **model_kwargs)
+        datasets = [pydicom.dcmread(p) for p in paths]
+        assert {(int(ds.BitsStored), int(ds.HighBit)) for ds in datasets} == {(16, 15)}
+        stored = np.stack([ds.pixel_array for ds in datasets])
+        assert stored.max() > 2**12 - 1
+        rebuilt = sitk.GetArrayFromImage(load_volume(tmp_path / "syn").image)
+        np.testing.assert_allclose(rebuilt, np.rint(sitk.GetArrayFromImage(bright)), atol=1e-3)
+
+    def test_values_beyond_the_allocated_bits_are_clipped(
+        self, classic_uint16: Volume, tmp_path: Path, model_kwargs: dict
+    ) -> None:
+        huge = synthetic_from(classic_uint16, gain=60.0, offset=0.0)
+        paths = write_synthetic_series(classic_uint16, huge, tmp_path / "syn", series_number=1, **model_kwargs)
         stored = np.stack([pydicom.dcmread(p).pixel_array for p in paths])
-        assert stored.max() == 2**12 - 1
-        assert np.count_nonzero(stored == 2**12 - 1) > 0
+        assert stored.max() == 2**16 - 1
 
     def test_window_spans_the_data(self, written: tuple[Volume, list[Dataset]]) -> None:
         source, datasets = written
