@@ -15,6 +15,7 @@ __all__ = [
     "MinMaxNormalization",
     "ZScoreNormalization",
     "direct_strategy",
+    "normalize_target",
 ]
 
 
@@ -109,6 +110,16 @@ class IdentityNormalization:
         """Return the array as float32."""
         del params
         return array.astype(np.float32)
+
+
+def normalize_target(spec: NormalizationSpec, image: np.ndarray, params: dict[str, float]) -> np.ndarray:
+    """A standard-dose image in t1_pre's normalized scale, as a direct model's training target: like ``apply`` of
+    t1_pre's parameters, but min-max clips at ``spec.target_max`` instead of 1 (enhancement is brighter than
+    the pre-contrast's 99.5th percentile)."""
+    if spec.kind != NormalizationKind.MINMAX:
+        return direct_strategy(spec).apply(image, params)
+    scaled = (image - params["low"]) / max(params["high"] - params["low"], EPS)
+    return np.clip(scaled, 0.0, spec.target_max).astype(np.float32)
 
 
 def direct_strategy(spec: NormalizationSpec) -> DirectNormalization:

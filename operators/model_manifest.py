@@ -9,7 +9,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from operators.roles import Role
 
@@ -140,6 +150,11 @@ class NormalizationSpec(_Strict):
         zscore: clip to +-this value (None = no clip).
     mask_outside_brain:
         Direct kinds: set voxels outside the brain to 0 after normalization.
+    target_max:
+        minmax: the top of the range the standard-dose target (and so the direct model's output) may take in t1_pre's
+        normalized scale. Inputs are clipped to [0, 1], 1 being the pre-contrast's 99.5th brain percentile; an
+        enhancing lesion is brighter than that, so a target clipped at 1 (models before issue 12) can never show
+        its full contrast.
     """
 
     kind: NormalizationKind
@@ -154,6 +169,14 @@ class NormalizationSpec(_Strict):
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     zscore_clip: float | None = None
     mask_outside_brain: bool = False
+    target_max: float = Field(default=1.0, ge=1.0, le=10.0)
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.target_max == 1.0:
+            data.pop("target_max", None)  # manifests written before the field existed keep their bytes
+        return data
 
 
 class ConditionSpec(_Strict):

@@ -62,6 +62,10 @@ def train(
     width: Annotated[int | None, typer.Option(help="Channels at the finest scale (default 8 / 16 for direct).")] = None,
     depth: Annotated[int | None, typer.Option(help="Scales (differential) or levels (direct); default 4.")] = None,
     embedding_dim: Annotated[int | None, typer.Option(help="Condition embedding size (differential; 128).")] = None,
+    target_max: Annotated[
+        float | None,
+        typer.Option(help="Direct / zero-dose: top of the normalized target, 1 = pre-contrast p99.5 (default 4)."),
+    ] = None,
     phantom_size: Annotated[str, typer.Option(help="Phantom grid: small (~4 mm) or full (1 mm).")] = "small",
     phantom_resolution: Annotated[float | None, typer.Option(help="Phantom voxel size override (mm).")] = None,
     phantom_resolutions: Annotated[
@@ -128,6 +132,7 @@ def train(
             width=width,
             depth=depth,
             embedding_dim=embedding_dim,
+            target_max=target_max,
             variation=PhantomVariation(
                 size=phantom_size,  # type: ignore[arg-type]  # validated by PhantomOptions
                 resolution_mm=phantom_resolution,

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import torch
 
-from operators.model_manifest import ModelManifest
+from operators.model_manifest import ModelManifest, NormalizationKind, NormalizationSpec
 from training.datasets import PatchSettings, PhantomVariation
 from training.losses import PAPER_MARGIN, LossConfig, LossKind
 from training.manifests import build_manifest, differential_manifest_fields, direct_manifest_fields
@@ -37,6 +37,10 @@ _MODEL_KINDS: tuple[str, ...] = ("differential", "direct", "zerodose")
 #: Where runs keep checkpoints and the sample cache unless told otherwise (``/var/`` is git-ignored).
 DEFAULT_WORK_ROOT = Path("var") / "train"
 _PLACEHOLDER_SHA256 = "0" * 64
+#: Top of the normalized standard-dose target of direct and zero-dose models (1 = the pre-contrast's 99.5th brain
+#: percentile). On phantom subjects x_SD reaches 2.6-3.6 at its brain 99.9th percentile and 3.3-3.9 at its maximum
+#: (vessels, sinuses, enhancing lesions): models trained before issue 12 clipped their target at 1.
+DIRECT_TARGET_MAX = 4.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +74,9 @@ class TrainConfig:
         Fixed validation patches per held-out subject.
     width, depth, embedding_dim:
         Network size overrides (base width, scales / levels, condition embedding); None = defaults.
+    target_max:
+        Direct and zero-dose models: top of the normalized target and of the network's output (None =
+        :data:`DIRECT_TARGET_MAX`; 1 = the clipped range of the models before issue 12).
     variation:
         How phantom subjects vary.
     patches:
@@ -110,6 +117,7 @@ class TrainConfig:
     width: int | None = None
     depth: int | None = None
     embedding_dim: int | None = None
+    target_max: float | None = None
     variation: PhantomVariation = field(default_factory=PhantomVariation)
     patches: PatchSettings | None = None
     work_dir: Path | None = None
@@ -134,6 +142,11 @@ class TrainConfig:
             raise ValueError("at least one --data source is needed")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"--device must be cpu, cuda[:N] or auto; found {self.device!r}")
+        if self.target_max is not None and (self.model == "differential" or not 1.0 <= self.target_max <= 10.0):
+            raise ValueError(
+                f"--target-max applies to direct and zero-dose models, within 1 to 10; found {self.target_max} for "
+                f"a {self.model} model"
+            )
         patches = self.patches or PatchSettings()
         object.__setattr__(self, "patches", dataclasses.replace(patches, size=(self.patch,) * 3))
         divisor = network_config(self).spatial_divisor
@@ -214,9 +227,15 @@ def network_config(config: TrainConfig) -> NetworkConfig:
         sizes["base_width"] = config.width
     if config.depth is not None:
         sizes["levels"] = config.depth
+    sizes["output_max"] = direct_target_max(config)
     if config.model == "zerodose":
         return DirectUNetConfig.zero_dose(**sizes)
     return DirectUNetConfig(inputs=LOW_DOSE_DIRECT_INPUTS, **sizes)
+
+
+def direct_target_max(config: TrainConfig) -> float:
+    """The target range of a direct or zero-dose run (see ``TrainConfig.target_max``)."""
+    return DIRECT_TARGET_MAX if config.target_max is None else float(config.target_max)
 
 
 def manifest_fields(config: TrainConfig, network: NetworkConfig, gamma: float) -> dict[str, Any]:
@@ -225,8 +244,15 @@ def manifest_fields(config: TrainConfig, network: NetworkConfig, gamma: float) -
         return differential_manifest_fields(
             name=config.name, version=config.version, gamma=gamma, spatial_divisor=network.spatial_divisor
         )
+    normalization = NormalizationSpec(
+        kind=NormalizationKind.MINMAX, mask_outside_brain=True, target_max=network.output_max
+    )
     return direct_manifest_fields(
-        name=config.name, version=config.version, inputs=network.inputs, spatial_divisor=network.spatial_divisor
+        name=config.name,
+        version=config.version,
+        inputs=network.inputs,
+        spatial_divisor=network.spatial_divisor,
+        normalization=normalization,
     )
 
 

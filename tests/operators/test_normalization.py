@@ -13,6 +13,7 @@ from operators.direct_normalization import (
     MinMaxNormalization,
     ZScoreNormalization,
     direct_strategy,
+    normalize_target,
 )
 from operators.errors import InputDicomError
 from operators.model_inputs import condition_vector, normalize
@@ -221,6 +222,22 @@ class TestDirect:
         assert float(np.mean(out[brain] >= 1.0)) == pytest.approx(0.005, abs=0.003)
         inside = (array >= params["low"]) & (array <= params["high"])
         np.testing.assert_allclose(strategy.undo(out, params)[inside], array[inside], rtol=1e-5, atol=1e-3)
+
+    def test_standard_dose_target_keeps_enhancement_above_one(self, image: tuple[np.ndarray, np.ndarray]) -> None:
+        """Inputs clip at the pre-contrast's 99.5th percentile; the target only at ``target_max`` (issue 12)."""
+        array, brain = image
+        spec = NormalizationSpec(kind="minmax", target_max=4.0)
+        _, params = MinMaxNormalization(spec).run(array, brain)
+        bright = array * 3.0
+        target = normalize_target(spec, bright, params)
+        assert float(MinMaxNormalization(spec).apply(bright, params).max()) == 1.0
+        assert 1.0 < float(target.max()) <= 4.0
+        inside = (bright >= params["low"]) & (bright <= params["low"] + 4.0 * (params["high"] - params["low"]))
+        np.testing.assert_allclose(
+            MinMaxNormalization(spec).undo(target, params)[inside], bright[inside], rtol=1e-5, atol=1e-2
+        )
+        assert NormalizationSpec(kind="minmax").target_max == 1.0  # shipped manifests without it: as before
+        assert float(normalize_target(NormalizationSpec(kind="minmax"), bright, params).max()) == 1.0
 
     def test_identity_and_dispatch(self, image: tuple[np.ndarray, np.ndarray]) -> None:
         array, brain = image

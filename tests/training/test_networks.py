@@ -243,6 +243,25 @@ class TestDirectUNet:
         with pytest.raises(ValueError, match="must be 'sigmoid' or 'residual'"):
             DirectUNetConfig(output="linear")  # type: ignore[arg-type]
 
+    def test_output_max_widens_the_range(self) -> None:
+        """A target range above 1 (issue 12): the sigmoid is scaled, the residual clipped at output_max."""
+        torch.manual_seed(4)
+        config = DirectUNetConfig(inputs=("t1_pre", "t1_low_dose"), base_width=2, levels=2, output_max=4.0)
+        assert DirectUNetConfig.from_dict(config.to_dict()) == config
+        assert "output_max" not in DirectUNetConfig(base_width=2).to_dict()  # configs before the option keep their form
+        network = DirectUNet(config).eval()
+        with torch.no_grad():
+            network.head.bias.fill_(3.0)  # type: ignore[union-attr]
+            out = network(torch.randn(1, 2, 8, 8, 8))
+        assert float(out.min()) > 1.0 and float(out.max()) < 4.0
+        residual = DirectUNet(DirectUNetConfig.zero_dose(base_width=2, levels=2, output_max=4.0))
+        image = torch.full((1, 3, 8, 8, 8), 0.9)
+        with torch.no_grad():
+            residual.head.bias.fill_(5.0)  # type: ignore[union-attr]
+            assert float(residual(image).max()) == 4.0
+        with pytest.raises(ValueError, match="output_max must be within 1 to 10"):
+            DirectUNetConfig(output_max=0.5)
+
     def test_zero_dose_variant(self) -> None:
         assert DirectUNetConfig.zero_dose().inputs == ("t1_pre", "t2", "flair")
         assert DirectUNetConfig.zero_dose(adc=True).inputs == ("t1_pre", "t2", "flair", "adc")

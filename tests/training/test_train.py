@@ -20,6 +20,7 @@ from operators.model_manifest import ModelMode, OutputScale, load_manifest
 from training.datasets import load_sample
 from training.networks import DifferentialUNet, DifferentialUNetConfig
 from training.train import TrainConfig, load_checkpoint
+from training.train_config import DIRECT_TARGET_MAX
 
 STEPS = 24
 HALF = STEPS // 2
@@ -190,7 +191,12 @@ class TestTrainCommand:
         assert manifest.channel_names == ["t1_pre", "t2", "flair"]
         sample = load_sample(next((tmp_path / "cache").glob("phantom-000000.*.npz")))
         assert sample.image.shape[0] == 3 and sample.condition is None
-        assert float(sample.target.min()) >= 0.0 and float(sample.target.max()) <= 1.0  # x_SD in t1_pre's [0, 1]
+        assert float(sample.image.max()) <= 1.0  # inputs in t1_pre's [0, 1]
+        # the target is x_SD in t1_pre's scale, not clipped at 1: enhancement is brighter than the pre-contrast
+        assert manifest.normalization.target_max == DIRECT_TARGET_MAX
+        assert 1.2 < float(sample.target.max()) <= DIRECT_TARGET_MAX
+        record = json.loads((manifest.folder / "training.json").read_text())
+        assert record["network"]["output_max"] == DIRECT_TARGET_MAX
 
     def test_prepare_only(self, run: dict[str, object], tmp_path: Path) -> None:
         root = Path(str(run["root"]))
@@ -335,6 +341,14 @@ class TestTrainErrors:
             args += extra
         code, output = _invoke(args)
         assert code == 2 and message in output
+
+    def test_target_max_is_for_direct_models(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="--target-max applies to direct and zero-dose models"):
+            TrainConfig(model="differential", out=tmp_path / "m", target_max=2.0)
+        with pytest.raises(ValueError, match="within 1 to 10"):
+            TrainConfig(model="direct", out=tmp_path / "m", patch=32, target_max=0.5)
+        clipped = TrainConfig(model="direct", out=tmp_path / "m", patch=32, target_max=1.0)
+        assert "output_max" not in clipped.identity()["network"]  # the models before issue 12, as they were
 
     def test_direct_patch_must_fit_the_divisor(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="must be a multiple of 16"):

@@ -120,9 +120,9 @@ def _direct_target(
     manifest: ModelManifest, x_sd: np.ndarray, brain: np.ndarray, pre: Mapping[str, float]
 ) -> np.ndarray:
     """x_SD in t1_pre's normalized scale: what the direct strategy's ``undo`` maps back to intensities."""
-    from operators.direct_normalization import direct_strategy
+    from operators.direct_normalization import normalize_target
 
-    out = direct_strategy(manifest.normalization).apply(x_sd, dict(pre))
+    out = normalize_target(manifest.normalization, x_sd, dict(pre))
     if manifest.normalization.mask_outside_brain:
         out = out * brain
     return np.asarray(out, dtype=np.float32)

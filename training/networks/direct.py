@@ -53,6 +53,10 @@ class DirectUNetConfig(SerializableConfig):
         learns what the contrast adds to the pre-contrast T1. The zero-dose default: with a sigmoid its output
         collapsed to 0 everywhere within a few hundred steps (val loss frozen at mean(x_SD^2), 2,800 GPU steps at
         lr 3e-4), where the residual form starts at x_PC's loss and can only improve on it.
+    output_max:
+        Top of the output range: ``output_max * sigmoid`` or a residual clipped to [0, output_max]. 1 (the models
+        before issue 12) cannot go brighter than the pre-contrast's 99.5th brain percentile; a model meant to show
+        full enhancement uses the manifest's ``target_max``.
     """
 
     inputs: tuple[str, ...] = LOW_DOSE_DIRECT_INPUTS
@@ -62,6 +66,7 @@ class DirectUNetConfig(SerializableConfig):
     negative_slope: float = 0.2
     max_width: int | None = None
     output: Literal["sigmoid", "residual"] = "sigmoid"
+    output_max: float = 1.0
     kind: str = field(default="direct_unet", init=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +85,8 @@ class DirectUNetConfig(SerializableConfig):
                 raise ValueError(f"DirectUNetConfig.{name} must be a positive integer; found {value!r}")
         if self.output not in ("sigmoid", "residual"):
             raise ValueError(f"DirectUNetConfig.output must be 'sigmoid' or 'residual'; found {self.output!r}")
+        if not 1.0 <= self.output_max <= 10.0:
+            raise ValueError(f"DirectUNetConfig.output_max must be within 1 to 10; found {self.output_max!r}")
         if self.max_width is not None and self.max_width < self.base_width:
             raise ValueError(f"DirectUNetConfig.max_width ({self.max_width}) must be at least base_width")
 
@@ -110,6 +117,8 @@ class DirectUNetConfig(SerializableConfig):
         data = super().to_dict()
         if self.output == "sigmoid":
             del data["output"]  # the original form: configs (and run identities) written before the option match
+        if self.output_max == 1.0:
+            del data["output_max"]  # likewise
         return data
 
 
@@ -171,7 +180,9 @@ class DirectUNet(nn.Module):
             x = self.decoder[k](x)
         if self.config.output == "residual":
             pre = image[:, self.config.inputs.index("t1_pre")].unsqueeze(1)
-            residual: torch.Tensor = torch.clamp(pre + self.head(x), 0.0, 1.0)
+            residual: torch.Tensor = torch.clamp(pre + self.head(x), 0.0, self.config.output_max)
             return residual
         out: torch.Tensor = torch.sigmoid(self.head(x))
+        if self.config.output_max != 1.0:
+            out = out * self.config.output_max
         return out
