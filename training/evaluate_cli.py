@@ -101,6 +101,11 @@ def evaluate_summary(
     compare: list[Path] = typer.Option(
         [], "--compare", help="Folder of another model's evaluation on the same test set (repeatable)."
     ),
+    held_out_compare: list[str] = typer.Option(
+        [],
+        "--held-out-compare",
+        help="LABEL=FOLDER: another model's evaluation on the held-out set LABEL, shown beside it (repeatable).",
+    ),
     out: Path | None = typer.Option(None, "--out", help="Markdown file (default: <main>/SUMMARY.md)."),
     card: Path | None = typer.Option(None, "--card", help="Model folder whose MODEL_CARD.md Metrics section to fill."),
 ) -> None:
@@ -124,8 +129,17 @@ def evaluate_summary(
         for other_folder in compare:
             other = load_evaluation(other_folder)
             others[f"{other['model']['name']} {other['model']['version']}"] = other
+        beside: dict[str, tuple[str, dict[str, object]]] = {}
+        for item in held_out_compare:
+            label, sep, folder = item.partition("=")
+            if not sep or label not in held:
+                raise ValueError(
+                    f"--held-out-compare must be LABEL=FOLDER with a LABEL given to --held-out; found {item!r}"
+                )
+            other = load_evaluation(Path(folder))
+            beside[label] = (f"{other['model']['name']} {other['model']['version']}", other)
         pairs = _training_pairs(card) if card is not None else None
-        text = summary_markdown(document, held_out=held, compare=others, training_pairs=pairs)
+        text = summary_markdown(document, held_out=held, compare=others, training_pairs=pairs, held_out_compare=beside)
         target = out or Path(document["_path"]).parent / "SUMMARY.md"
         target.write_text(f"# {document['model']['name']}: evaluation summary\n\n" + text, encoding="utf-8")
         typer.echo(f"Summary: {target}")

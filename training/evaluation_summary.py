@@ -117,12 +117,50 @@ def _by(document: Document, name: str, key: Callable[[Mapping[str, Any]], str]) 
     return rows
 
 
+#: How each column is judged when two models are compared: higher is better, lower is better, or closer to 1.
+_BETTER: dict[str, str] = {
+    "psnr_l": "higher",
+    "mae_ce": "lower",
+    "c_bar": "one",
+    "c_hat": "one",
+    "fe_nonenhancing": "lower",
+    "fe_normal": "lower",
+    "psnr_b": "higher",
+    "ssim_b": "higher",
+}
+
+
+def _standard_error(values: Sequence[float]) -> float | None:
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+
+
+def _change_table(new: Document, old: Document, old_label: str) -> list[str]:
+    """Per column: this model's mean and standard error, the other model's mean, the change, and whether this
+    model is worse by more than the standard error (the yardstick issue 12 set for the 4 mm set)."""
+    rows = []
+    for key, header, lesion in COLUMNS:
+        values = _values(new, "model", key, lesion, _everything)
+        mine, theirs = _mean(values), _mean(_values(old, "model", key, lesion, _everything))
+        error = _standard_error(values)
+        if mine is None or theirs is None:
+            rows.append([header, _fmt(mine), "-", _fmt(theirs), "-", "-"])
+            continue
+        direction = _BETTER[key]
+        gain = {"higher": mine - theirs, "lower": theirs - mine, "one": abs(theirs - 1.0) - abs(mine - 1.0)}[direction]
+        verdict = "better" if gain > 0 else "same" if gain == 0 else "worse"
+        if verdict == "worse" and error is not None:
+            verdict = "worse, within SE" if -gain <= error else "**worse by more than SE**"
+        rows.append([header, _fmt(mine), _fmt(error), _fmt(theirs), _fmt(mine - theirs), verdict])
+    return _table(["figure", "this model", "SE", old_label, "change", "verdict"], rows)
+
+
 def summary_markdown(
     main: Document,
     *,
     held_out: Mapping[str, Document] | None = None,
     compare: Mapping[str, Document] | None = None,
     training_pairs: Sequence[tuple[str, float]] | None = None,
+    held_out_compare: Mapping[str, tuple[str, Document]] | None = None,
 ) -> str:
     """Markdown: the main test set beside baselines and other models, subgroups, and each held-out set.
 
@@ -136,6 +174,9 @@ def summary_markdown(
         Model name -> another model's evaluation on the SAME test set (its ``model`` row is shown).
     training_pairs:
         (agent, field strength) pairs the model was trained on; main-set subjects outside them are marked.
+    held_out_compare:
+        Held-out label -> (model name, that model's evaluation on the same held-out set): shown beside it, with the
+        change and its standard error.
     """
     name = main["model"]["name"]
     lines = [
@@ -158,6 +199,9 @@ def summary_markdown(
         "",
         f"PSNR_L of {name} minus x_LD: {_fmt(to_ld)} dB; minus linear dose scaling: {_fmt(to_linear)} dB.",
     ]
+    for other, document in (compare or {}).items():
+        lines += ["", f"{name} against {other} on this set (SE: standard error of {name}'s mean):", ""]
+        lines += _change_table(main, document, other)
     if training_pairs is not None:
         seen = {(a, float(f)) for a, f in training_pairs}
 
@@ -201,22 +245,17 @@ def summary_markdown(
         ]
         reference = {key: _mean(_values(main, "model", key, lesion, _everything)) for key, _, lesion in COLUMNS}
         held_rows = []
+        changes: list[str] = []
         for label, document in held_out.items():
-            row = _row(label, document, "model")
-            psnr_l = _mean(_values(document, "model", "psnr_l", True, _everything))
-            c_bar = _mean(_values(document, "model", "c_bar", True, _everything))
-            change_psnr = None if psnr_l is None or reference["psnr_l"] is None else psnr_l - reference["psnr_l"]
-            change_c = None if c_bar is None or reference["c_bar"] is None else c_bar - reference["c_bar"]
-            held_rows.append(
-                [
-                    *row,
-                    _fmt(_difference(document, "psnr_l", "x_ld")),
-                    _fmt(_difference(document, "psnr_l", "linear")),
-                    _fmt(change_psnr),
-                    _fmt(change_c),
-                    f"`{document['test_set']}`, {_subjects(document)}",
-                ]
-            )
+            others = [(label, document)]
+            if held_out_compare and label in held_out_compare:
+                other_name, other_document = held_out_compare[label]
+                if other_document["test_set"] != document["test_set"]:
+                    raise ValueError(f"{other_name} on {label!r} was evaluated on {other_document['test_set']}")
+                others.append((f"{label}: {other_name}", other_document))
+                changes += ["", f"{label}: {name} against {other_name} (SE: standard error of {name}'s mean):", ""]
+                changes += _change_table(document, other_document, other_name)
+            held_rows += [_held_row(row_label, doc, reference) for row_label, doc in others]
         lines += _table(
             [
                 "set",
@@ -229,7 +268,24 @@ def summary_markdown(
             ],
             held_rows,
         )
+        lines += changes
     return "\n".join(lines) + "\n"
+
+
+def _held_row(label: str, document: Document, reference: Mapping[str, float | None]) -> list[str]:
+    """A held-out set's row: its figures, its margins over the baselines, and its change from the main set."""
+    psnr_l = _mean(_values(document, "model", "psnr_l", True, _everything))
+    c_bar = _mean(_values(document, "model", "c_bar", True, _everything))
+    change_psnr = None if psnr_l is None or reference["psnr_l"] is None else psnr_l - reference["psnr_l"]
+    change_c = None if c_bar is None or reference["c_bar"] is None else c_bar - reference["c_bar"]
+    return [
+        *_row(label, document, "model"),
+        _fmt(_difference(document, "psnr_l", "x_ld")),
+        _fmt(_difference(document, "psnr_l", "linear")),
+        _fmt(change_psnr),
+        _fmt(change_c),
+        f"`{document['test_set']}`, {_subjects(document)}",
+    ]
 
 
 def update_model_card(folder: Path, markdown: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ from tests.conftest import REPO
 from training import metrics as m
 from training.evaluate import LESION_METRICS, METHODS, SUBJECT_METRICS, EvaluationConfig, parse_test_set, score_subject
 from training.evaluate_data import AGENTS, DOSES, FIELD_STRENGTHS, VENDORS, load_subject, subject_options
+from training.evaluation_summary import summary_markdown
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 TEST_SET = "phantom:500-501"
@@ -248,6 +250,33 @@ class TestSummary:
         assert "| same set |" in text  # the held-out table (a set compared with itself: change 0)
         card_text = (card / "MODEL_CARD.md").read_text()
         assert "Not evaluated yet" not in card_text and "PSNR_L" in card_text and card_text.rstrip().endswith("- x")
+
+    def test_previous_model_beside_with_standard_errors(
+        self, evaluation: tuple[dict[str, Any], Path], tmp_path: Path
+    ) -> None:
+        """--compare and --held-out-compare put another model's figures beside this one's, each change judged
+        against the standard error of this model's mean."""
+        document, out = evaluation
+        result = _gadsynth(
+            "evaluate-summary", str(out), "--compare", str(out), "--held-out", f"4 mm set={out}",
+            "--held-out-compare", f"4 mm set={out}", "--out", str(tmp_path / "summary.md"),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        text = (tmp_path / "summary.md").read_text()
+        name = f"{document['model']['name']} {document['model']['version']}"
+        assert f"| 4 mm set: {name} |" in text
+        verdicts = [line.split("|")[-2].strip() for line in text.splitlines() if line.startswith("| PSNR_L dB |")]
+        assert verdicts == ["same", "same"]  # the model against itself: on the main set and on the held-out set
+
+        worse = copy.deepcopy(document)
+        for subject in worse["subjects"]:
+            for lesion in subject["lesions"]:
+                if "model" in lesion["methods"] and lesion["methods"]["model"].get("psnr_l") is not None:
+                    lesion["methods"]["model"]["psnr_l"] -= 5.0
+        worse["_path"] = str(out / "evaluation.json")
+        text = summary_markdown(worse, compare={"previous": {**document, "_path": "x"}})
+        row = next(line for line in text.splitlines() if line.startswith("| PSNR_L dB |"))
+        assert "**worse by more than SE**" in row and "| -5 |" in row.replace(" ", " ")
 
     def test_bad_inputs_exit_2(self, evaluation: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
         _, out = evaluation

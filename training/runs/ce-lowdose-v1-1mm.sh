@@ -16,7 +16,7 @@ STEPS=${STEPS:-2000}
 # 17 of 32 training subjects at 1 mm, the rest at 1.25, 1.5, 2 and 4 mm (drawn per seed); two agent / field pairs
 # stay held out as before; validation on one 1 mm, one 2 mm and one 4 mm subject.
 COMMON=(
-  --model differential --out "$OUT/ce-lowdose-v1" --version 1.2.0
+  --model differential --out "$OUT/ce-lowdose-v1" --version "${VERSION:-1.2.0}"
   --phantom-size full --phantom-resolutions 1,1,1,1,1,1.25,1.5,2,4
   --exclude-pair gadobenate@1.5 --exclude-pair gadobutrol@3
   --data phantom:0-31 --val phantom:5000-5001 --val phantom:5005-5005
@@ -61,6 +61,27 @@ case "${1:-}" in
       --out evaluation/ce-lowdose-v1/heldout-gadobenate-1.5T
     "${new[@]}" "${held[@]}" --test-set phantom:1200-1209 --agent gadobutrol --field 3 \
       --out evaluation/ce-lowdose-v1/heldout-gadobutrol-3T ;;
+  direct|zerodose)
+    # Not run yet (issue 12 left them): the Bone-style comparison and the zero-dose model on exactly the data,
+    # patches, batch, steps and learning rate of the new ce-lowdose-v1, with the unclipped target (--target-max 4).
+    # Their samples are prepared like the differential ones (another cache key: other channels).
+    name=$([ "$1" = direct ] && echo ce-lowdose-direct-v1 || echo ce-zerodose-v1)
+    args=()
+    skip=0
+    for a in "${COMMON[@]}"; do
+      if [ "$skip" = 1 ]; then skip=0; continue; fi
+      case "$a" in
+        --init-from) skip=1 ;;  # from scratch: the shipped direct models clip their output at 1
+        differential) args+=("$1") ;;
+        "$OUT/ce-lowdose-v1") args+=("$OUT/$name") ;;
+        "$RUN") args+=("var/train/$name-1mm") ;;
+        *) args+=("$a") ;;
+      esac
+    done
+    resume=()
+    [ -f "var/train/$name-1mm/checkpoints/last.pt" ] && resume=(--resume "var/train/$name-1mm/checkpoints/last.pt")
+    # a new major version: the output range changed (target_max 4)
+    VERSION=${VERSION:-2.0.0} $BIN/gadsynth train "${args[@]/#1.2.0/${VERSION:-2.0.0}}" --target-max 4 "${resume[@]}" ;;
   *)
-    echo "usage: $0 prepare|train|evaluate" >&2; exit 2 ;;
+    echo "usage: $0 prepare|train|evaluate|direct|zerodose" >&2; exit 2 ;;
 esac
