@@ -240,7 +240,7 @@ def summary_markdown(
     if held_out:
         lines += [
             "",
-            "Held-out sets (conditions never seen in training); change = held-out minus main test set:",
+            "Other test sets (conditions held out of training, other grids); change = that set minus the main set:",
             "",
         ]
         reference = {key: _mean(_values(main, "model", key, lesion, _everything)) for key, _, lesion in COLUMNS}

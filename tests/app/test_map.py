@@ -349,7 +349,9 @@ class TestSameAsBefore:
     The report golden gained one entry in ``outputs`` when the report SR was added (issue 13): nothing else in it
     changed, and the SR holds no pixels, so the pixel golden did not change. The report golden gained
     ``extra/inference/region`` when inference moved to the brain's bounding box (issue 12): on this 4 mm head the
-    box grown by the margin and the network's context is the whole volume, and no pixel changed.
+    box grown by the margin and the network's context is the whole volume, and no pixel changed. Both goldens were
+    then regenerated from a run of ce-lowdose-v1 1.2.0, which replaced 1.1.0 as the default (issue 12): every
+    pixel of the synthetic series and every model-dependent figure changed with the model.
     """
 
     def test_pixel_data_is_byte_for_byte_the_same(self, map_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
