@@ -255,7 +255,9 @@ def summary_markdown(
                 others.append((f"{label}: {other_name}", other_document))
                 changes += ["", f"{label}: {name} against {other_name} (SE: standard error of {name}'s mean):", ""]
                 changes += _change_table(document, other_document, other_name)
-            held_rows += [_held_row(row_label, doc, reference) for row_label, doc in others]
+            held_rows += [
+                _held_row(row_label, doc, reference if doc is document else None) for row_label, doc in others
+            ]
         lines += _table(
             [
                 "set",
@@ -272,12 +274,14 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _held_row(label: str, document: Document, reference: Mapping[str, float | None]) -> list[str]:
-    """A held-out set's row: its figures, its margins over the baselines, and its change from the main set."""
+def _held_row(label: str, document: Document, reference: Mapping[str, float | None] | None) -> list[str]:
+    """A held-out set's row: its figures, its margins over the baselines, and its change from the main set (none
+    for another model's row: its own main set is not in this summary)."""
     psnr_l = _mean(_values(document, "model", "psnr_l", True, _everything))
     c_bar = _mean(_values(document, "model", "c_bar", True, _everything))
-    change_psnr = None if psnr_l is None or reference["psnr_l"] is None else psnr_l - reference["psnr_l"]
-    change_c = None if c_bar is None or reference["c_bar"] is None else c_bar - reference["c_bar"]
+    main_psnr, main_c = (None, None) if reference is None else (reference["psnr_l"], reference["c_bar"])
+    change_psnr = None if psnr_l is None or main_psnr is None else psnr_l - main_psnr
+    change_c = None if c_bar is None or main_c is None else c_bar - main_c
     return [
         *_row(label, document, "model"),
         _fmt(_difference(document, "psnr_l", "x_ld")),
