@@ -13,7 +13,7 @@ OUT=var/train/out                       # the new model folder is $OUT/ce-lowdos
 PREVIOUS=var/models-1.1.0               # 1.1.0, the starting point and the comparison (git show 'HEAD:models/...')
 STEPS=${STEPS:-2000}
 
-# 17 of 32 training subjects at 1 mm, the rest at 1.25, 1.5, 2 and 4 mm (drawn per seed); two agent / field pairs
+# 16 of the 32 training subjects at 1 mm, 4 at 1.25, 4 at 1.5, 5 at 2 and 3 at 4 mm (drawn per seed); two agent / field pairs
 # stay held out as before; validation on one 1 mm, one 2 mm and one 4 mm subject.
 COMMON=(
   --model differential --out "$OUT/ce-lowdose-v1" --version "${VERSION:-1.2.0}"
