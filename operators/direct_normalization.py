@@ -80,9 +80,9 @@ class MinMaxNormalization:
         params = {"low": lo, "high": hi}
         return self.apply(image, params), params
 
-    def apply(self, image: np.ndarray, params: dict[str, float]) -> np.ndarray:
-        """Normalize with given parameters (e.g. another series' in this one's scale)."""
-        out = np.clip((image - params["low"]) / max(params["high"] - params["low"], EPS), 0.0, 1.0)
+    def apply(self, image: np.ndarray, params: dict[str, float], *, upper: float = 1.0) -> np.ndarray:
+        """Normalize with given parameters (e.g. another series' in this one's scale), clipped to [0, upper]."""
+        out = np.clip((image - params["low"]) / max(params["high"] - params["low"], EPS), 0.0, upper)
         return out.astype(np.float32)
 
     def undo(self, array: np.ndarray, params: dict[str, float]) -> np.ndarray:
@@ -118,8 +118,7 @@ def normalize_target(spec: NormalizationSpec, image: np.ndarray, params: dict[st
     the pre-contrast's 99.5th percentile)."""
     if spec.kind != NormalizationKind.MINMAX:
         return direct_strategy(spec).apply(image, params)
-    scaled = (image - params["low"]) / max(params["high"] - params["low"], EPS)
-    return np.clip(scaled, 0.0, spec.target_max).astype(np.float32)
+    return MinMaxNormalization(spec).apply(image, params, upper=spec.target_max)
 
 
 def direct_strategy(spec: NormalizationSpec) -> DirectNormalization:

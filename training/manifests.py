@@ -175,10 +175,12 @@ def direct_manifest_fields(
     patch_size: tuple[int, int, int] | None = None,
     patch_overlap: float = 0.5,
     normalization: NormalizationSpec | None = None,
+    target_max: float = 1.0,
 ) -> dict[str, Any]:
     """Manifest fields (all but sha256) of a direct U-Net model: one channel per role, min-max normalization to
     [0, 1] inside the brain, output = the standard-dose image in t1_pre's normalized scale. Low-dose mode when
-    ``t1_low_dose`` is an input, zero-dose mode otherwise.
+    ``t1_low_dose`` is an input, zero-dose mode otherwise. ``target_max``: the top of the standard-dose target's
+    normalized range (see ``NormalizationSpec.target_max``), when no ``normalization`` is given.
     """
     roles = [Role(name) for name in inputs]
     mode = ModelMode.LOW_DOSE_DIRECT if Role.T1_LOW_DOSE in roles else ModelMode.ZERO_DOSE_DIRECT
@@ -196,7 +198,8 @@ def direct_manifest_fields(
         "input_tensor": "image",
         "condition_tensor": None,
         "inputs": [InputChannel(name=r.value, meaning=f"{r.value} min-max normalized in the brain") for r in roles],
-        "normalization": normalization or NormalizationSpec(kind=NormalizationKind.MINMAX, mask_outside_brain=True),
+        "normalization": normalization
+        or NormalizationSpec(kind=NormalizationKind.MINMAX, mask_outside_brain=True, target_max=target_max),
         "condition": None,
         "output": OutputSpec(tensor="y_hat", meaning=OutputMeaning.IMAGE, scale=OutputScale.NORMALIZED),
         "patch_size": patch_size,

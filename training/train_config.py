@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import torch
 
-from operators.model_manifest import ModelManifest, NormalizationKind, NormalizationSpec
+from operators.model_manifest import ModelManifest
 from training.datasets import PatchSettings, PhantomVariation
 from training.losses import PAPER_MARGIN, LossConfig, LossKind
 from training.manifests import build_manifest, differential_manifest_fields, direct_manifest_fields
@@ -244,15 +244,12 @@ def manifest_fields(config: TrainConfig, network: NetworkConfig, gamma: float) -
         return differential_manifest_fields(
             name=config.name, version=config.version, gamma=gamma, spatial_divisor=network.spatial_divisor
         )
-    normalization = NormalizationSpec(
-        kind=NormalizationKind.MINMAX, mask_outside_brain=True, target_max=network.output_max
-    )
     return direct_manifest_fields(
         name=config.name,
         version=config.version,
         inputs=network.inputs,
         spatial_divisor=network.spatial_divisor,
-        normalization=normalization,
+        target_max=network.output_max,
     )
 
 

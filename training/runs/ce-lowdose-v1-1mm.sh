@@ -13,16 +13,19 @@ OUT=var/train/out                       # the new model folder is $OUT/ce-lowdos
 PREVIOUS=var/models-1.1.0               # 1.1.0, the starting point and the comparison (git show 'HEAD:models/...')
 STEPS=${STEPS:-2000}
 
-# 16 of the 32 training subjects at 1 mm, 4 at 1.25, 4 at 1.5, 5 at 2 and 3 at 4 mm (drawn per seed); two agent / field pairs
-# stay held out as before; validation on one 1 mm, one 2 mm and one 4 mm subject.
-COMMON=(
-  --model differential --out "$OUT/ce-lowdose-v1" --version "${VERSION:-1.2.0}"
+# 16 of the 32 training subjects at 1 mm, 4 at 1.25, 4 at 1.5, 5 at 2 and 3 at 4 mm (drawn per seed); two agent /
+# field pairs stay held out as before; validation on one 1 mm, one 2 mm and one 4 mm subject. DATA is what every
+# model of the 1 mm runs shares (data, patches, batch, steps, learning rate); COMMON adds ce-lowdose-v1's own flags.
+DATA=(
   --phantom-size full --phantom-resolutions 1,1,1,1,1,1.25,1.5,2,4
   --exclude-pair gadobenate@1.5 --exclude-pair gadobutrol@3
   --data phantom:0-31 --val phantom:5000-5001 --val phantom:5005-5005
   --patch 80 --batch 2 --steps "$STEPS" --lr 1e-4 --lr-min 1e-6 --threads 2
-  --checkpoint-every 50 --val-every 100 --cache var/train/cache-mm --work "$RUN"
-  --init-from "$PREVIOUS/ce-lowdose-v1" --overwrite --no-progress
+  --checkpoint-every 50 --val-every 100 --cache var/train/cache-mm --overwrite --no-progress
+)
+COMMON=(
+  --model differential --out "$OUT/ce-lowdose-v1" --version "${VERSION:-1.2.0}" --work "$RUN"
+  --init-from "$PREVIOUS/ce-lowdose-v1" "${DATA[@]}"
 )
 
 previous() {
@@ -66,22 +69,12 @@ case "${1:-}" in
     # patches, batch, steps and learning rate of the new ce-lowdose-v1, with the unclipped target (--target-max 4).
     # Their samples are prepared like the differential ones (another cache key: other channels).
     name=$([ "$1" = direct ] && echo ce-lowdose-direct-v1 || echo ce-zerodose-v1)
-    args=()
-    skip=0
-    for a in "${COMMON[@]}"; do
-      if [ "$skip" = 1 ]; then skip=0; continue; fi
-      case "$a" in
-        --init-from) skip=1 ;;  # from scratch: the shipped direct models clip their output at 1
-        differential) args+=("$1") ;;
-        "$OUT/ce-lowdose-v1") args+=("$OUT/$name") ;;
-        "$RUN") args+=("var/train/$name-1mm") ;;
-        *) args+=("$a") ;;
-      esac
-    done
+    work="var/train/$name-1mm"
     resume=()
-    [ -f "var/train/$name-1mm/checkpoints/last.pt" ] && resume=(--resume "var/train/$name-1mm/checkpoints/last.pt")
-    # a new major version: the output range changed (target_max 4)
-    VERSION=${VERSION:-2.0.0} $BIN/gadsynth train "${args[@]/#1.2.0/${VERSION:-2.0.0}}" --target-max 4 "${resume[@]}" ;;
+    [ -f "$work/checkpoints/last.pt" ] && resume=(--resume "$work/checkpoints/last.pt")
+    # from scratch (the shipped direct models clip their output at 1); a new major version: the output range changed
+    $BIN/gadsynth train --model "$1" --out "$OUT/$name" --version "${VERSION:-2.0.0}" --work "$work" \
+      --target-max 4 "${DATA[@]}" "${resume[@]}" ;;
   *)
     echo "usage: $0 prepare|train|evaluate|direct|zerodose" >&2; exit 2 ;;
 esac
