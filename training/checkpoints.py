@@ -128,7 +128,11 @@ def resume_from(
 
 
 def initialize_from(network: torch.nn.Module, wanted: NetworkConfig, source: Path) -> None:
-    """Load starting weights from a checkpoint or a model folder whose network is exactly ``wanted``.
+    """Load starting weights from a checkpoint or a model folder whose network is ``wanted``.
+
+    The networks must match in everything but the direct networks' ``output_max`` (the top of the output range
+    holds no weights): a residual network's weights mean the same under another clip, and a sigmoid network's head
+    re-learns the scale. That lets a model trained with a clipped target start the run that lifts the clip.
 
     Raises
     ------
@@ -147,7 +151,15 @@ def initialize_from(network: torch.nn.Module, wanted: NetworkConfig, source: Pat
     else:
         checkpoint = load_checkpoint(source)
         recorded, state = checkpoint["network_config"], checkpoint["network"]
-    if recorded != wanted.to_dict():
+    wanted_fields = wanted.to_dict()
+    if {**recorded, "output_max": None} == {**wanted_fields, "output_max": None} and recorded != wanted_fields:
+        logger.info(
+            "initializing from %s with another output range: %s there, %s here",
+            source,
+            recorded.get("output_max", 1.0),
+            wanted_fields.get("output_max", 1.0),
+        )
+    elif recorded != wanted_fields:
         raise ValueError(
             f"--init-from {source}: its network is {recorded}, this run trains {wanted.to_dict()} "
             "(pass the same --model, --width, --depth and --embedding-dim)"

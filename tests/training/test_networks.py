@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -312,3 +314,37 @@ class TestConfigs:
     def test_build_network_rejects_other_types(self) -> None:
         with pytest.raises(TypeError, match="found dict"):
             build_network({"kind": "differential_unet"})  # type: ignore[arg-type]
+
+
+class TestInitializeFrom:
+    """--init-from across the output range: the clip / scale holds no weights, every other field must match."""
+
+    @staticmethod
+    def _checkpoint(tmp_path: Path, config: DirectUNetConfig) -> tuple[Path, DirectUNet]:
+        from training.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
+
+        torch.manual_seed(3)
+        network = DirectUNet(config)
+        state = {"format": CHECKPOINT_FORMAT, "network_config": config.to_dict(), "network": network.state_dict()}
+        return save_checkpoint(tmp_path / "start.pt", state), network
+
+    def test_residual_network_starts_under_a_wider_clip(self, tmp_path: Path) -> None:
+        from training.checkpoints import initialize_from
+
+        clipped = DirectUNetConfig(inputs=("t1_pre",), base_width=2, levels=2, output="residual")
+        source, start = self._checkpoint(tmp_path, clipped)
+        wider = dataclasses.replace(clipped, output_max=4.0)
+        network = DirectUNet(wider).eval()
+        initialize_from(network, wider, source)
+        image = torch.rand(1, 1, 8, 8, 8) * 0.5  # inside both ranges: the same output
+        with torch.no_grad():
+            torch.testing.assert_close(network(image), start.eval()(image))
+
+    def test_another_width_is_still_refused(self, tmp_path: Path) -> None:
+        from training.checkpoints import initialize_from
+
+        config = DirectUNetConfig(inputs=("t1_pre",), base_width=2, levels=2, output="residual")
+        source, _ = self._checkpoint(tmp_path, config)
+        other = dataclasses.replace(config, base_width=4, output_max=4.0)
+        with pytest.raises(ValueError, match="its network is .*base_width"):
+            initialize_from(DirectUNet(other), other, source)

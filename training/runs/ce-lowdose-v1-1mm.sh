@@ -5,6 +5,7 @@
 #   training/runs/ce-lowdose-v1-1mm.sh prepare   # phantom subjects through the pipeline's preprocessing (~30 s per 1 mm subject)
 #   training/runs/ce-lowdose-v1-1mm.sh train     # CPU, 2 threads; continues from the last checkpoint if there is one
 #   training/runs/ce-lowdose-v1-1mm.sh evaluate  # 1 mm main set, 4 mm set, held-out sets, 1.1.0 beside it
+#   training/runs/ce-lowdose-v1-1mm.sh zerodose  # ce-zerodose-v1 (and 'direct': the comparison) on the same budget
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=.venv/bin
@@ -65,16 +66,24 @@ case "${1:-}" in
     "${new[@]}" "${held[@]}" --test-set phantom:1200-1209 --agent gadobutrol --field 3 \
       --out evaluation/ce-lowdose-v1/heldout-gadobutrol-3T ;;
   direct|zerodose)
-    # Not run yet (issue 12 left them): the Bone-style comparison and the zero-dose model on exactly the data,
-    # patches, batch, steps and learning rate of the new ce-lowdose-v1, with the unclipped target (--target-max 4).
-    # Their samples are prepared like the differential ones (another cache key: other channels).
+    # The Bone-style comparison and the zero-dose model with the budget of the new ce-lowdose-v1: their 4 mm
+    # versions fine-tuned on exactly its data, patches, batch, steps and learning rate, with the unclipped target
+    # (--target-max 4; the 4 mm versions clip at 1). Their samples are prepared like the differential ones (another
+    # cache key: other channels). The starting weights are the versions of a5f4841, as released.
     name=$([ "$1" = direct ] && echo ce-lowdose-direct-v1 || echo ce-zerodose-v1)
     work="var/train/$name-1mm"
+    start="var/models-4mm/$name"
+    if [ ! -f "$start/model.onnx" ]; then
+      mkdir -p "$start"
+      for f in MODEL_CARD.md manifest.json model.onnx model.onnx.sha256 training.json; do
+        git show "a5f4841:models/$name/$f" > "$start/$f"
+      done
+    fi
     resume=()
     [ -f "$work/checkpoints/last.pt" ] && resume=(--resume "$work/checkpoints/last.pt")
-    # from scratch (the shipped direct models clip their output at 1); a new major version: the output range changed
+    # a new major version: the output range changed
     $BIN/gadsynth train --model "$1" --out "$OUT/$name" --version "${VERSION:-2.0.0}" --work "$work" \
-      --target-max 4 "${DATA[@]}" "${resume[@]}" ;;
+      --init-from "$start" --width 8 --target-max 4 "${DATA[@]}" "${resume[@]}" ;;
   *)
     echo "usage: $0 prepare|train|evaluate|direct|zerodose" >&2; exit 2 ;;
 esac
