@@ -69,6 +69,15 @@ def _register() -> None:
         evaluate_summary
     )
 
+    from training.trust_cli import ood_calibrate, uncertainty_calibrate
+
+    cli.command("uncertainty-calibrate", help="Fit a model's error model (uncertainty map) and judge it.")(
+        uncertainty_calibrate
+    )
+    cli.command("ood-calibrate", help="Build a model's input-distribution reference and measure its AUC.")(
+        ood_calibrate
+    )
+
 
 _register()
 

@@ -114,6 +114,12 @@ class Settings(MapPaths):
     seg_series_number: int = Field(default=9003, ge=1, le=2**31 - 1)
     sc_series_number: int = Field(default=9004, ge=1, le=2**31 - 1)
     sr_series_number: int = Field(default=9005, ge=1, le=2**31 - 1)
+    uncertainty_series_number: int = Field(default=9006, ge=1, le=2**31 - 1)
+    uncertainty: bool = Field(
+        default=True,
+        description="Write the synthetic image's per-voxel uncertainty (a derived MR series) and a 'Low confidence' "
+        "SEG segment, for models whose folder has an uncertainty.json.",
+    )
     write_beyond_standard_dose: bool = False
     write_secondary_capture: bool = False
     write_sr: bool = Field(default=True, description="Write the report as a DICOM SR (TID 1500) beside the SEG.")
@@ -127,6 +133,18 @@ class Settings(MapPaths):
         default=True,
         description="Run the network on the brain's bounding box (plus margin and context) only; False = the whole "
         "volume, as models trained on whole 4 mm heads (ce-lowdose-v1 up to 1.1.0) were evaluated.",
+    )
+    ood_action: Literal["mark", "refuse", "off"] = Field(
+        default="mark",
+        description="What to do with a study whose inputs are outside the model's validated range (its ood.json): "
+        "'mark' produces the result and marks it in report.json, the log, the series descriptions, the SR and the "
+        "status page; 'refuse' rejects the study before inference; 'off' does not assess it.",
+    )
+    ood_threshold: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Input distribution score above which a study is outside the validated range; None = the "
+        "threshold in the model's ood.json.",
     )
     min_working_spacing_mm: float = Field(
         default=1.0,

@@ -19,9 +19,11 @@ if TYPE_CHECKING:
     from operators.brain_mask import BrainMask
     from operators.inference import Prediction
     from operators.model_inputs import NormalizedInputs
+    from operators.ood import OodAssessment
     from operators.postprocess import SyntheticResult
     from operators.registration import RegisteredStudy
     from operators.study import ContrastInfo, Selection, Study, Volume
+    from operators.uncertainty import UncertaintyMap
 
 __all__ = ["Job", "PipelineRequest", "PipelineResult", "Stage", "StageResults"]
 
@@ -91,8 +93,12 @@ class StageResults:
     registered: RegisteredStudy | None = None
     brain_mask: BrainMask | None = None
     normalized: NormalizedInputs | None = None
+    #: How far the inputs are from the model's training data (None: not assessed).
+    assessment: OodAssessment | None = None
     prediction: Prediction | None = None
     synthetic: SyntheticResult | None = None
+    #: The synthetic image's per-voxel std and low-confidence region (None: the model has no error model).
+    uncertainty: UncertaintyMap | None = None
     written: list[OutputEntry] | None = None
     preview: Path | None = None
     #: Whether the study runs on a coarser working grid (sub-millimetre T1s; see ``operators.working_grid``).

@@ -96,6 +96,7 @@ class Pipeline:
             seg_series_number=settings.seg_series_number,
             sc_series_number=settings.sc_series_number,
             sr_series_number=settings.sr_series_number,
+            uncertainty_series_number=settings.uncertainty_series_number,
             write_beyond_standard_dose=_either(request.write_beyond_standard_dose, settings.write_beyond_standard_dose),
             write_secondary_capture=_either(request.write_secondary_capture, settings.write_secondary_capture),
             write_sr=settings.write_sr,

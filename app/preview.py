@@ -1,4 +1,5 @@
-"""A PNG a newcomer can open: pre-contrast, low-dose, synthetic and the enhancement overlay on a few slices."""
+"""A PNG a newcomer can open: pre-contrast, low-dose, synthetic, the enhancement overlay and (when the model has an
+error model) the uncertainty with its low-confidence outline, on a few slices."""
 
 from __future__ import annotations
 
@@ -37,8 +38,19 @@ def preview_slices(mask: np.ndarray, count: int = 3, brain: np.ndarray | None = 
     return sorted(chosen)
 
 
-def write_preview(out_png: Path, normalized: Any, synthetic: Any, *, count: int = 3) -> Path:
-    """Write ``out_png``: one row per slice; columns pre-contrast, low-dose, synthetic T1+C, enhancement overlay.
+def write_preview(
+    out_png: Path,
+    normalized: Any,
+    synthetic: Any,
+    *,
+    count: int = 3,
+    uncertainty: Any = None,
+    outside_validated_range: str | None = None,
+) -> Path:
+    """Write ``out_png``: one row per slice; columns pre-contrast, low-dose, synthetic T1+C, enhancement overlay,
+    and the uncertainty (std) with the low-confidence region outlined when ``uncertainty`` (an
+    ``operators.uncertainty.UncertaintyMap``) is given. ``outside_validated_range`` (a sentence) is printed under
+    the title when the study's inputs are outside the model's validated range.
 
     ``normalized`` is the normalization operator's NormalizedInputs (x_pc, x_ld on the t1_pre grid) and
     ``synthetic`` the post-processing operator's SyntheticResult. Images are shown in array order (slice, row,
@@ -54,7 +66,11 @@ def write_preview(out_png: Path, normalized: Any, synthetic: Any, *, count: int 
     high = max(high, float(np.percentile(x_syn[brain] if brain.any() else x_syn, 99.5)))
     rows = preview_slices(mask, count, brain)
     columns = [("pre-contrast T1", x_pc), ("low-dose T1", x_ld), ("SYNTHETIC T1+C", x_syn)]
-    fig, axes = plt.subplots(len(rows), 4, figsize=(13, 3.3 * len(rows)), squeeze=False)
+    n_columns = 5 if uncertainty is not None else 4
+    fig, axes = plt.subplots(len(rows), n_columns, figsize=(3.25 * n_columns, 3.3 * len(rows)), squeeze=False)
+    if uncertainty is not None:
+        std = np.asarray(uncertainty.std, dtype=np.float32)
+        std_top = max(float(np.percentile(std[brain], 99.5)) if brain.any() else float(std.max()), 1e-6)
     for r, k in enumerate(rows):
         for c, (title, volume) in enumerate(columns):
             ax = axes[r][c]
@@ -70,7 +86,20 @@ def write_preview(out_png: Path, normalized: Any, synthetic: Any, *, count: int 
         ax.imshow(overlay, cmap="autumn", alpha=0.6)
         ax.set_title(f"predicted enhancement (slice {k})", fontsize=9)
         ax.axis("off")
-    fig.suptitle("GadSynth preview - SYNTHETIC images, research use only, not for diagnosis", fontsize=11)
+        if uncertainty is not None:
+            ax = axes[r][4]
+            shown = ax.imshow(std[k], cmap="magma", vmin=0.0, vmax=std_top)
+            if uncertainty.low_confidence[k].any():
+                ax.contour(
+                    uncertainty.low_confidence[k].astype(np.float32), levels=[0.5], colors="cyan", linewidths=0.6
+                )
+            ax.set_title(f"uncertainty (std), low confidence outlined (slice {k})", fontsize=8)
+            ax.axis("off")
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    title = "GadSynth preview - SYNTHETIC images, research use only, not for diagnosis"
+    if outside_validated_range:
+        title += f"\nOUTSIDE THE VALIDATED RANGE: {outside_validated_range}"
+    fig.suptitle(title, fontsize=11, color="black" if not outside_validated_range else "darkred")
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=80)

@@ -81,6 +81,8 @@ def _fill_from_results(report: PipelineReport, results: StageResults) -> None:
     normalized = results.normalized
     if normalized is not None and normalized.noise_sigma_source is not None:
         report.noise = schema.NoiseEstimate(sigma=normalized.noise_sigma_source, **_noise_extras(normalized.params))
+    if results.assessment is not None:
+        report.extra["ood"] = results.assessment.to_dict()
     prediction = results.prediction
     if prediction is not None:
         report.model = schema.ModelInfo(
@@ -92,6 +94,8 @@ def _fill_from_results(report: PipelineReport, results: StageResults) -> None:
         report.extra["inference"] = prediction.to_dict()
     if results.synthetic is not None:
         report.extra["postprocess"] = results.synthetic.params
+    if results.uncertainty is not None:
+        report.extra["uncertainty"] = results.uncertainty.summary
     if results.preview is not None:
         report.outputs.append(schema.OutputEntry(kind=OutputKind.PREVIEW, path=str(results.preview)))
     if results.written:

@@ -158,6 +158,41 @@ def _normalize(pipeline: Pipeline, job: Job) -> None:
     )
 
 
+def _assess_inputs(pipeline: Pipeline, job: Job) -> None:
+    """Score how far the study's inputs are from the model's training data (``operators.ood``), before inference.
+
+    Outside the validated range the study is refused (``ood_action='refuse'``) or its result is marked: a warning
+    (log, report.json, SR) and the writers' series descriptions. A model folder without ``ood.json`` is not scored.
+    """
+    from operators.ood import load_reference, refuse
+
+    settings = pipeline.settings
+    if settings.ood_action == "off":
+        return
+    results = job.results
+    manifest = results.manifest
+    try:
+        reference = load_reference(manifest.folder)
+    except ValueError as exc:  # the model folder's file, not the study: the job fails as an internal error
+        raise RuntimeError(f"Model {manifest.name!r}: {exc}") from exc
+    if reference is None:
+        logger.info("job %s: model %s has no ood.json; inputs not assessed", job.job_id, manifest.name)
+        return
+    from operators.ood import input_features
+
+    normalized = _need(results.normalized, "normalized")
+    assessment = reference.assess(input_features(normalized, results.registered), threshold=settings.ood_threshold)
+    results.assessment = assessment
+    pre = _need(results.registered, "registered").reference.series
+    label = describe_series(pre.series_instance_uid, pre.description)
+    if not assessment.outside:
+        logger.info("job %s: %s: %s", job.job_id, label, assessment.describe())
+        return
+    if settings.ood_action == "refuse":
+        raise refuse(assessment, series_instance_uid=pre.series_instance_uid, label=label)
+    job.warn(f"{label}: {assessment.describe()}; the result is produced but is not validated for such input.")
+
+
 def _infer(pipeline: Pipeline, job: Job) -> None:
     from operators.inference import infer
 
@@ -183,6 +218,59 @@ def _postprocess(pipeline: Pipeline, job: Job) -> None:
     results.synthetic = synthetic
 
 
+def _uncertainty(pipeline: Pipeline, job: Job) -> None:
+    """The synthetic image's per-voxel std and low-confidence region (``operators.uncertainty``), for models whose
+    folder has an uncertainty.json; computed on the grid the model ran on, written on the source grid."""
+    from operators.uncertainty import load_uncertainty_model, uncertainty_map
+
+    if not pipeline.settings.uncertainty:
+        return
+    results = job.results
+    manifest = results.manifest
+    try:
+        model = load_uncertainty_model(manifest.folder)
+    except ValueError as exc:  # the model folder's file, not the study
+        raise RuntimeError(f"Model {manifest.name!r}: {exc}") from exc
+    if model is None:
+        logger.info("job %s: model %s has no uncertainty.json; no uncertainty map", job.job_id, manifest.name)
+        return
+    import SimpleITK as sitk
+
+    work = _need(results.synthetic_work or results.synthetic, "synthetic")  # the grid the model ran on
+    contrast = sitk.GetArrayFromImage(work.enhancement)
+    results.uncertainty = uncertainty_map(model, contrast, _need(results.normalized, "normalized"), work.mask)
+    summary = results.uncertainty.summary
+    logger.info(
+        "job %s: uncertainty std median %.3g, p95 %.3g in the brain; low confidence %.2f ml (%.2f %% of the brain)",
+        job.job_id,
+        summary["brain"]["median"] or 0.0,
+        summary["brain"]["p95"] or 0.0,
+        summary["low_confidence_ml"],
+        100.0 * summary["low_confidence_fraction_of_brain"],
+    )
+
+
+def _uncertainty_on_source_grid(job: Job) -> tuple[Any, Any]:
+    """The std image and the low-confidence mask on the grid the outputs are written on (None, None without)."""
+    results = job.results
+    if results.uncertainty is None:
+        return None, None
+    import numpy as np
+    import SimpleITK as sitk
+
+    grid = results.normalized.reference if results.normalized is not None else None
+    std = sitk.GetImageFromArray(results.uncertainty.std)
+    low = sitk.GetImageFromArray(results.uncertainty.low_confidence.astype(np.uint8))
+    if grid is not None:
+        std.CopyInformation(grid)
+        low.CopyInformation(grid)
+    if results.source_reference is not None:  # the study ran on a working grid: back to the source's
+        target = results.source_reference.image
+        std = sitk.Resample(std, target, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        low = sitk.Resample(low, target, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return std, sitk.GetArrayFromImage(low).astype(bool)
+
+
 def _write_dicom(pipeline: Pipeline, job: Job) -> None:
     from operators.dicom_writer import write_outputs
     from operators.writers import ModelIdentity, input_series
@@ -192,6 +280,7 @@ def _write_dicom(pipeline: Pipeline, job: Job) -> None:
     synthetic = _need(results.synthetic, "synthetic")
     manifest = results.manifest
     notes = list(job.warnings)  # the run's warnings so far (the SR lists them); the writers append theirs
+    uncertainty, low_confidence = _uncertainty_on_source_grid(job)
     written = write_outputs(
         results.source_reference or registered.reference,
         synthetic.synthetic,
@@ -202,6 +291,9 @@ def _write_dicom(pipeline: Pipeline, job: Job) -> None:
         synthetic_plus=synthetic.beyond,
         other_sources=input_series(registered, manifest.required_roles),  # what the model consumed, nothing else
         warnings=notes,
+        uncertainty=uncertainty,
+        low_confidence=low_confidence,
+        outside_validated_range=results.assessment is not None and results.assessment.outside,
     )
     for note in notes[len(job.warnings) :]:
         job.warn(note)
@@ -212,11 +304,23 @@ def _write_preview(pipeline: Pipeline, job: Job) -> None:
     from app.preview import write_preview
 
     results = job.results
+    assessment = results.assessment
     results.preview = write_preview(
         _output_dir(job) / PREVIEW_NAME,
         _need(results.normalized, "normalized"),
         _need(results.synthetic_work or results.synthetic, "synthetic"),
+        uncertainty=results.uncertainty,
+        outside_validated_range=None if assessment is None or not assessment.outside else _short(assessment),
     )
+
+
+def _short(assessment: Any) -> str:
+    worst = assessment.worst
+    feature = assessment.features.get(worst or "", {})
+    detail = (
+        f"{worst} {feature['value']:.3g}, reference {feature['low']:.3g} to {feature['high']:.3g}" if feature else ""
+    )
+    return f"score {assessment.score:.1f} > {assessment.threshold:g} ({detail})"
 
 
 #: The pipeline, stage by stage (ARCHITECTURE.md). Every front door runs this list and no other.
@@ -229,8 +333,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("register", "registered", _register),
     Stage("brain_mask", "brain_mask", _brain_mask),
     Stage("normalize", "normalized", _normalize),
+    Stage("assess_inputs", "assessment", _assess_inputs),
     Stage("infer", "prediction", _infer),
     Stage("postprocess", "synthetic", _postprocess),
+    Stage("uncertainty", "uncertainty", _uncertainty),
     Stage("write_dicom", "written", _write_dicom),
     Stage("preview", "preview", _write_preview, when=lambda request: request.preview),
 )

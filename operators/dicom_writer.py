@@ -26,8 +26,10 @@ from operators.writers import (
     write_synthetic_series,
 )
 from operators.writers.content import SOFTWARE_NAME
+from operators.writers.derived_mr import default_series_description
 from operators.writers.header_cleaning import clean_volume
 from operators.writers.provenance import InputSeries, as_input_series
+from operators.writers.sc import default_sc_description
 from operators.writers.sr import write_report_sr
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ __all__ = [
     "SR_FILE",
     "SYNTHETIC_DIR",
     "SYNTHETIC_PLUS_DIR",
+    "UNCERTAINTY_DIR",
+    "UNVALIDATED_WORD",
     "WriterSettings",
     "write_outputs",
 ]
@@ -48,6 +52,10 @@ SYNTHETIC_PLUS_DIR = "synthetic_t1c_plus"
 SEG_FILE = Path("seg") / "enhancement_seg.dcm"
 SC_FILE = Path("sc") / "synthetic_t1c_sc.dcm"
 SR_FILE = Path("sr") / "report_sr.dcm"
+UNCERTAINTY_DIR = "uncertainty"
+
+#: Words added to the series descriptions of a study outside the model's validated range (operators.ood).
+UNVALIDATED_WORD = "UNVALIDATED"
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ class WriterSettings:
     seg_series_number: int = 9003
     sc_series_number: int = 9004
     sr_series_number: int = 9005
+    uncertainty_series_number: int = 9006
     write_beyond_standard_dose: bool = False
     write_secondary_capture: bool = False
     write_sr: bool = True
@@ -77,6 +86,9 @@ def write_outputs(
     synthetic_plus: sitk.Image | None = None,
     other_sources: Sequence[Series | InputSeries] = (),
     warnings: list[str] | None = None,
+    uncertainty: sitk.Image | None = None,
+    low_confidence: np.ndarray | None = None,
+    outside_validated_range: bool = False,
 ) -> list[OutputEntry]:
     """Write every DICOM output of one run into ``out_dir`` and list them for report.json.
 
@@ -90,6 +102,11 @@ def write_outputs(
     (:func:`operators.writers.provenance.input_series` gives them from the registration): every output derives
     from them and names them. ``warnings`` holds the run's warnings so far, which the SR lists; the writers'
     own are appended to it.
+
+    ``uncertainty`` (the synthetic image's per-voxel standard deviation on the source grid, source units) is written
+    as a derived MR series and ``low_confidence`` as the SEG's second segment. ``outside_validated_range`` (the
+    study's inputs are unlike the model's training data, :mod:`operators.ood`) puts "UNVALIDATED" into the series
+    descriptions of the images.
 
     Raises
     ------
@@ -106,12 +123,15 @@ def write_outputs(
     warnings.extend(notes)
     outputs: list[OutputEntry] = []
 
+    def described(text: str) -> str:
+        return _unvalidated(text) if outside_validated_range else text
+
     synthetic_files = write_synthetic_series(
         source,
         synthetic,
         out_dir / SYNTHETIC_DIR,
         series_number=settings.synthetic_series_number,
-        series_description=settings.synthetic_series_description,
+        series_description=described(settings.synthetic_series_description or default_series_description(model.name)),
         other_sources=inputs,
         model=model,
     )
@@ -123,11 +143,24 @@ def write_outputs(
             synthetic_plus,
             out_dir / SYNTHETIC_PLUS_DIR,
             series_number=settings.beyond_dose_series_number,
-            series_description=f"SYNTHETIC T1+C BEYOND DOSE ({SOFTWARE_NAME} {model.name})"[:64],
+            series_description=described(f"SYNTHETIC T1+C BEYOND DOSE ({SOFTWARE_NAME} {model.name})"[:64]),
             other_sources=inputs,
             model=model,
         )
         outputs.append(_entry(OutputKind.SYNTHETIC_PLUS_SERIES, out_dir / SYNTHETIC_PLUS_DIR, files, MRImageStorage))
+
+    if uncertainty is not None:
+        files = write_synthetic_series(
+            source,
+            uncertainty,
+            out_dir / UNCERTAINTY_DIR,
+            series_number=settings.uncertainty_series_number,
+            series_description=described(f"SYNTHETIC UNCERTAINTY SD ({SOFTWARE_NAME} {model.name})"[:64]),
+            other_sources=inputs,
+            model=model,
+            kind="uncertainty",
+        )
+        outputs.append(_entry(OutputKind.UNCERTAINTY_SERIES, out_dir / UNCERTAINTY_DIR, files, MRImageStorage))
 
     seg_path: Path | None = None
     if enhancement_mask is not None:
@@ -137,6 +170,7 @@ def write_outputs(
             out_dir / SEG_FILE,
             series_number=settings.seg_series_number,
             model=model,
+            low_confidence=low_confidence,
         )
         outputs.append(_entry(OutputKind.SEGMENTATION, path, [path], SegmentationStorage))
 
@@ -146,6 +180,7 @@ def write_outputs(
             synthetic,
             out_dir / SC_FILE,
             series_number=settings.sc_series_number,
+            series_description=described(default_sc_description(model.name)),
             burn_in=settings.burn_in_sc_label,
             model=model,
             other_sources=inputs,
@@ -168,6 +203,12 @@ def write_outputs(
         )
         outputs.append(_entry(OutputKind.STRUCTURED_REPORT, path, [path], Comprehensive3DSRStorage))
     return outputs
+
+
+def _unvalidated(description: str) -> str:
+    """``SYNTHETIC ...`` -> ``SYNTHETIC UNVALIDATED ...`` within the 64 characters of SeriesDescription."""
+    head, _, tail = description.partition(" ")
+    return f"{head} {UNVALIDATED_WORD} {tail}".strip()[:64]
 
 
 def _entry(kind: OutputKind, path: Path, files: Sequence[Path], sop_class_uid: str) -> OutputEntry:

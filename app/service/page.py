@@ -47,6 +47,42 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _trust_cell(job: JobView) -> str:
+    """The table's verdict on the inputs: outside / inside the validated range, or nothing when not assessed."""
+    trust = job.trust
+    if trust is None or trust.outside_validated_range is None:
+        return ""
+    if trust.outside_validated_range:
+        return f'<span class="state failed">OUTSIDE validated range (score {trust.ood_score:.1f})</span>'
+    return f"validated range (score {trust.ood_score:.1f})"
+
+
+def _trust_details(job: JobView) -> str:
+    """The job's details: the input verdict in words and the uncertainty figures."""
+    trust = job.trust
+    if trust is None:
+        return ""
+    parts = []
+    if trust.outside_validated_range:
+        parts.append(
+            f"<p><strong>Outside the validated range:</strong> input distribution score {trust.ood_score:.2f} above "
+            f"{trust.ood_threshold:g} (furthest: {escape(trust.ood_worst_feature or '')}). The result was produced "
+            "but the model was not validated on such input.</p>"
+        )
+    if trust.uncertainty_median_brain is not None:
+
+        def value(v: float | None) -> str:
+            return "-" if v is None else f"{v:.3g}"
+
+        parts.append(
+            "<p>Uncertainty (std of the synthetic image, source units): brain median "
+            f"{value(trust.uncertainty_median_brain)}, 95th percentile {value(trust.uncertainty_p95_brain)}; "
+            f"predicted enhancement median {value(trust.uncertainty_median_enhancement)}, 95th percentile "
+            f"{value(trust.uncertainty_p95_enhancement)}; low confidence {value(trust.low_confidence_ml)} ml.</p>"
+        )
+    return "".join(parts)
+
+
 def status_page(jobs: list[JobView], total: int, extra: str = "") -> str:
     """The jobs table and each finished job's details; ``extra`` is more HTML after the table (the DICOM node's
     receptions and exports, already escaped)."""
@@ -63,7 +99,8 @@ def status_page(jobs: list[JobView], total: int, extra: str = "") -> str:
             f'<td class="state {escape(job.state)}">{escape(job.state)}'
             f"{' (' + escape(job.reason) + ')' if job.reason else ''}</td>"
             f"<td>{escape(stage)}</td><td>{_age(job.age_s)}</td><td>{escape(job.model or '')}</td>"
-            f"<td>{job.attempt}/{job.max_attempts}</td><td>{escape(job.source)}</td><td>{error}</td></tr>"
+            f"<td>{job.attempt}/{job.max_attempts}</td><td>{escape(job.source)}</td><td>{_trust_cell(job)}</td>"
+            f"<td>{error}</td></tr>"
         )
         if job.state in ("succeeded", "failed") and not job.purged:
             parts = [f'<h2 id="detail-{escape(job.id)}">Job <code>{escape(job.id)}</code></h2>']
@@ -76,12 +113,13 @@ def status_page(jobs: list[JobView], total: int, extra: str = "") -> str:
             else:
                 parts.append("<p>")
             parts.append(f'<a href="/v1/jobs/{escape(job.id)}/report">report.json</a></p>')
+            parts.append(_trust_details(job))
             if job.warnings:
                 parts.append("<ul>" + "".join(f"<li>{escape(w)}</li>" for w in job.warnings) + "</ul>")
             details.append("".join(parts))
     table = (
         "<table><thead><tr><th>job</th><th>state</th><th>stage</th><th>age</th><th>model</th><th>attempt</th>"
-        "<th>from</th><th>error</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        "<th>from</th><th>inputs</th><th>error</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
     body = (
         "<h1>GadSynth jobs</h1>"

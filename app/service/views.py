@@ -10,13 +10,53 @@ from pydantic import BaseModel, Field
 
 from app.service.store import JobRow, JobState
 
-__all__ = ["JobError", "JobPage", "JobView", "Problem", "iso", "job_view"]
+__all__ = ["JobError", "JobPage", "JobView", "Problem", "Trust", "iso", "job_view"]
 
 
 class JobError(BaseModel):
     error: str | None = None
     message: str | None = None
     stage: str | None = None
+
+
+class Trust(BaseModel):
+    """Where not to trust a job's result: the input-distribution verdict and the uncertainty summary."""
+
+    outside_validated_range: bool | None = Field(
+        default=None, description="The inputs are unlike the model's training data (None: not assessed)."
+    )
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+    ood_worst_feature: str | None = None
+    uncertainty_median_brain: float | None = Field(default=None, description="Median std inside the brain.")
+    uncertainty_p95_brain: float | None = None
+    uncertainty_median_enhancement: float | None = Field(
+        default=None, description="Median std inside the predicted enhancement."
+    )
+    uncertainty_p95_enhancement: float | None = None
+    low_confidence_ml: float | None = None
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any]) -> Trust | None:
+        """From report.json's ``extra`` (None when the job has neither figure)."""
+        extra = report.get("extra") or {}
+        ood, unc = extra.get("ood"), extra.get("uncertainty")
+        if not ood and not unc:
+            return None
+        trust = cls()
+        if ood:
+            trust.outside_validated_range = bool(ood.get("outside_validated_range"))
+            trust.ood_score = ood.get("score")
+            trust.ood_threshold = ood.get("threshold")
+            trust.ood_worst_feature = ood.get("worst_feature")
+        if unc:
+            brain, enhancement = unc.get("brain") or {}, unc.get("enhancement") or {}
+            trust.uncertainty_median_brain = brain.get("median")
+            trust.uncertainty_p95_brain = brain.get("p95")
+            trust.uncertainty_median_enhancement = enhancement.get("median")
+            trust.uncertainty_p95_enhancement = enhancement.get("p95")
+            trust.low_confidence_ml = unc.get("low_confidence_ml")
+        return trust
 
 
 class JobView(BaseModel):
@@ -43,6 +83,7 @@ class JobView(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     selection: list[dict[str, Any]] = Field(default_factory=list)
     model_choice: dict[str, Any] | None = None
+    trust: Trust | None = Field(default=None, description="Input-distribution verdict and uncertainty summary.")
     error: JobError | None = None
     purged: bool = False
     links: dict[str, str]
@@ -93,6 +134,7 @@ def job_view(row: JobRow) -> JobView:
         warnings=report.get("warnings", []),
         selection=report.get("selection", []),
         model_choice=report.get("model_choice"),
+        trust=Trust.from_report(report),
         error=JobError(**row.error) if row.error else None,
         purged=row.purged_at is not None,
         links=links,

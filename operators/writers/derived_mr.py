@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import SimpleITK as sitk
@@ -150,6 +150,7 @@ def write_synthetic_series(
     series_description: str | None = None,
     series_instance_uid: str | None = None,
     other_sources: Sequence[Series | InputSeries] = (),
+    kind: Literal["synthetic", "uncertainty"] = "synthetic",
 ) -> list[Path]:
     """Write a synthetic image as an MR Image Storage series derived from its source series, one file per slice.
 
@@ -180,6 +181,9 @@ def write_synthetic_series(
         registration transform (a plain ``Series`` is taken as not moved). Named in DerivationDescription; each
         slice's Source Image Sequence and Referenced Series Sequence name the ``t1_pre`` slice and the slices of
         each of them that overlap it (see :mod:`operators.writers.provenance`).
+    kind:
+        ``"uncertainty"``: the image is the per-voxel standard deviation of a synthetic image (ImageType value 5
+        UNCERTAINTY, its own ImageComments and DerivationDescription, no pixel-addition derivation code).
 
     Returns
     -------
@@ -238,6 +242,8 @@ def write_synthetic_series(
     series_uid = series_instance_uid or generate_uid()
     inputs = as_input_series(other_sources)
     template = _template(source, model, fmt, series_uid, series_number, description, center, width, inputs)
+    if kind == "uncertainty":
+        _as_uncertainty(template, source, model, inputs)
     used = [(other.series.series_instance_uid, overlapping_slices(source, other)) for other in inputs]
     keep_rescale = not np.allclose(rescales, [1.0, 0.0])  # MR has no Modality LUT module: write it only if needed
     keep_slice_location = source.slices[0].frame_number is None and "SliceLocation" in first
@@ -332,6 +338,25 @@ def _template(
     ds.WindowWidth = ds_value(width)
     ds.WindowCenterWidthExplanation = "GADSYNTH AUTO"
     return ds
+
+
+#: ImageType value 5 and the notice of an uncertainty map (``kind="uncertainty"``).
+UNCERTAINTY_IMAGE_TYPE = "UNCERTAINTY"
+
+
+def _as_uncertainty(ds: Dataset, source: Volume, model: ModelIdentity, other_sources: Sequence[InputSeries]) -> None:
+    """Relabel a synthetic-series template as the uncertainty map of the synthetic image."""
+    ds.ImageType = [*(member.value for member in SYNTHETIC_IMAGE_TYPE), UNCERTAINTY_IMAGE_TYPE]
+    ds.ImageComments = (
+        f"UNCERTAINTY MAP of a SYNTHETIC IMAGE computed by {SOFTWARE_NAME} with model {model.name} {model.version}: "
+        "each pixel is the predicted standard deviation of the synthetic contrast-enhanced T1 at that voxel, in "
+        "the source image's intensity units. Research use only, not for diagnosis."
+    )[:10240]
+    labels = series_labels(source, other_sources)
+    ds.DerivationDescription = derivation_description(
+        model, labels, "Per-voxel standard deviation of the synthetic image (see the model's uncertainty.json)."
+    )
+    del ds.DerivationCodeSequence
 
 
 def _derivation_description(source: Volume, model: ModelIdentity, other_sources: Sequence[InputSeries]) -> str:

@@ -69,6 +69,7 @@ class OutputKind(StrEnum):
 
     SYNTHETIC_SERIES = "synthetic_series"
     SYNTHETIC_PLUS_SERIES = "synthetic_plus_series"
+    UNCERTAINTY_SERIES = "uncertainty_series"
     SEGMENTATION = "segmentation"
     SECONDARY_CAPTURE = "secondary_capture"
     STRUCTURED_REPORT = "structured_report"

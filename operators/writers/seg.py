@@ -32,17 +32,23 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ENHANCEMENT_CATEGORY",
     "ENHANCEMENT_TYPE",
+    "LOW_CONFIDENCE_LABEL",
     "SEGMENT_LABEL",
     "default_seg_description",
     "segment_description",
     "write_enhancement_seg",
 ]
 
-#: Segment label of the one segment.
+#: Segment label of the enhancement segment (segment 1).
 SEGMENT_LABEL = "Predicted contrast enhancement"
+#: Segment label of the low-confidence segment (segment 2, written when an uncertainty map is given).
+LOW_CONFIDENCE_LABEL = "Low confidence"
 #: Segmented property category (CID 7150) and type (CID 7151) of the segment.
 ENHANCEMENT_CATEGORY: Code = codes.SCT.MorphologicallyAbnormalStructure
 ENHANCEMENT_TYPE: Code = Code("C113842", "NCIt", "Enhancing Lesion")
+#: The low-confidence region is no anatomy: a spatial concept with GadSynth's own (private, "99") type code.
+LOW_CONFIDENCE_CATEGORY: Code = Code("309825002", "SCT", "Spatial and Relational Concept")
+LOW_CONFIDENCE_TYPE: Code = Code("LOWCONF", "99GADSYNTH", "Low confidence region of a synthetic image")
 
 
 def default_seg_description(model_name: str) -> str:
@@ -50,8 +56,9 @@ def default_seg_description(model_name: str) -> str:
     return f"PREDICTED ENHANCEMENT SEG ({SOFTWARE_NAME} {model_name})"[:64]
 
 
-def segment_description(model: ModelIdentity) -> hd.seg.SegmentDescription:
-    """The one segment: predicted contrast enhancement, found automatically by GadSynth and the model."""
+def segment_description(model: ModelIdentity, *, low_confidence: bool = False) -> hd.seg.SegmentDescription:
+    """Segment 1, predicted contrast enhancement, or segment 2, where the synthetic image's uncertainty is high;
+    both found automatically by GadSynth and the model."""
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"{SOFTWARE_NAME} {model.name}"[:64],
         family=codes.cid7162.ArtificialIntelligence,
@@ -59,6 +66,15 @@ def segment_description(model: ModelIdentity) -> hd.seg.SegmentDescription:
         source=SOFTWARE_NAME,
         parameters={"model_sha256": model.sha256, "gadsynth_version": GADSYNTH_VERSION},
     )
+    if low_confidence:
+        return hd.seg.SegmentDescription(
+            segment_number=2,
+            segment_label=LOW_CONFIDENCE_LABEL,
+            segmented_property_category=LOW_CONFIDENCE_CATEGORY,
+            segmented_property_type=LOW_CONFIDENCE_TYPE,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
     return hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=SEGMENT_LABEL,
@@ -79,8 +95,10 @@ def write_enhancement_seg(
     series_description: str | None = None,
     series_instance_uid: str | None = None,
     omit_empty_frames: bool = True,
+    low_confidence: np.ndarray | None = None,
 ) -> Path:
-    """Write a binary DICOM SEG with one segment, "Predicted contrast enhancement", on the source grid.
+    """Write a binary DICOM SEG with the segment "Predicted contrast enhancement" on the source grid, and a second
+    segment "Low confidence" (where the synthetic image's uncertainty exceeds its threshold) when given.
 
     The SEG references the source series: each frame names its source instance (classic sources) or its source
     frame (one Enhanced MR instance). A mask with no voxel set still gives a valid SEG: highdicom then keeps every
@@ -104,6 +122,8 @@ def write_enhancement_seg(
         Defaults to a new UID.
     omit_empty_frames:
         Leave out frames with no voxel set (highdicom's default).
+    low_confidence:
+        Boolean array like ``mask``: segment 2. None: the SEG has the enhancement segment only.
 
     Returns
     -------
@@ -121,22 +141,29 @@ def write_enhancement_seg(
     label = series_label(source)
     description = series_description or default_seg_description(model.name)
     check_series_options(series_number, description, must_say_synthetic=False)
-    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
-        found = mask.dtype if isinstance(mask, np.ndarray) else type(mask).__name__
-        raise TypeError(f"The enhancement mask must be a boolean NumPy array. Found {found}.")
     size = source.image.GetSize()
     expected = (size[2], size[1], size[0])
-    if mask.shape != expected:
-        raise ValueError(
-            f"The enhancement mask for {label} must have shape {expected} (slice, row, col). Found {mask.shape}."
-        )
-    source_images, pixel_array = _sources_and_frames(source, mask, label)
+    named = {"enhancement": mask} if low_confidence is None else {"enhancement": mask, "low-confidence": low_confidence}
+    for what, array in named.items():
+        if not isinstance(array, np.ndarray) or array.dtype != np.bool_:
+            found = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+            raise TypeError(f"The {what} mask must be a boolean NumPy array. Found {found}.")
+        if array.shape != expected:
+            raise ValueError(
+                f"The {what} mask for {label} must have shape {expected} (slice, row, col). Found {array.shape}."
+            )
+    segments = [segment_description(model)]
+    stacked = mask
+    if low_confidence is not None:
+        segments.append(segment_description(model, low_confidence=True))
+        stacked = np.stack([mask, low_confidence], axis=-1)
+    source_images, pixel_array = _sources_and_frames(source, stacked, label)
 
     seg = hd.seg.Segmentation(
         source_images=source_images,
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment_description(model)],
+        segment_descriptions=segments,
         series_instance_uid=series_instance_uid or generate_uid(),
         series_number=series_number,
         sop_instance_uid=generate_uid(),
@@ -148,7 +175,7 @@ def write_enhancement_seg(
         content_label="ENHANCEMENT",
         content_description=f"Predicted contrast enhancement, {SOFTWARE_NAME} {model.name} {model.version}"[:64],
         content_creator_name=None,
-        omit_empty_frames=omit_empty_frames and bool(mask.any()),
+        omit_empty_frames=omit_empty_frames and bool(stacked.any()),
         series_description=description,
         content_qualification=hd.ContentQualificationValues.RESEARCH,
         # highdicom describes the scanner of source_images[0] itself: GadSynth is the only item to add.
@@ -180,7 +207,7 @@ def _sources_and_frames(source: Volume, mask: np.ndarray, label: str) -> tuple[l
         )
     dataset = source.slices[0].dataset
     n_frames = int(dataset.get("NumberOfFrames", 1))
-    frames = np.zeros((n_frames, *mask.shape[1:]), dtype=bool)
+    frames = np.zeros((n_frames, *mask.shape[1:]), dtype=bool)  # mask: (slices, rows, cols[, segments])
     for index, number in enumerate(frame_numbers):
         if number is None or not 1 <= number <= n_frames:
             raise ValueError(f"{label}: slice {index} refers to frame {number} of an instance with {n_frames} frames.")

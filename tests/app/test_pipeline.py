@@ -121,7 +121,14 @@ class TestMap:
         request = PipelineRequest(study_dir=None, first_stage="register", last_stage="postprocess")
         result = run_map(pipeline, request, given=self._given(volumes))
         assert result.exit_code == 0, result.report.error
-        assert list(result.report.timings_s) == ["register", "brain_mask", "normalize", "infer", "postprocess"]
+        assert list(result.report.timings_s) == [
+            "register",
+            "brain_mask",
+            "normalize",
+            "assess_inputs",
+            "infer",
+            "postprocess",
+        ]
         assert result.results.synthetic is not None
         synthetic = sitk.GetArrayFromImage(result.results.synthetic.synthetic)
         core = ndimage.binary_erosion(pair["enhancing"], iterations=1)
@@ -156,8 +163,10 @@ class TestStageListIsWrittenOnce:
             "register",
             "brain_mask",
             "normalize",
+            "assess_inputs",
             "infer",
             "postprocess",
+            "uncertainty",
             "write_dicom",
             "preview",
         )

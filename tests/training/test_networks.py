@@ -346,5 +346,5 @@ class TestInitializeFrom:
         config = DirectUNetConfig(inputs=("t1_pre",), base_width=2, levels=2, output="residual")
         source, _ = self._checkpoint(tmp_path, config)
         other = dataclasses.replace(config, base_width=4, output_max=4.0)
-        with pytest.raises(ValueError, match="its network is .*base_width"):
+        with pytest.raises(ValueError, match=r"its network is .*base_width"):
             initialize_from(DirectUNet(other), other, source)
