@@ -31,7 +31,7 @@ run: setup
 	@rm -rf $(SAMPLE)/output  # the pipeline never overwrites an earlier run's results: this target replaces them
 	@$(ULIMIT) $(BIN)/gadsynth run $(SAMPLE)/study/dicom $(SAMPLE)/output --preview
 	@echo "Sample study:  $(SAMPLE)/study/dicom (ground truth in $(SAMPLE)/study/truth)"
-	@echo "Outputs:       $(SAMPLE)/output (synthetic_t1c/, seg/, sr/, report.json)"
+	@echo "Outputs:       $(SAMPLE)/output (synthetic_t1c/, uncertainty/, seg/, sr/, report.json)"
 	@echo "Preview:       $(SAMPLE)/output/preview.png"
 
 lint: venv

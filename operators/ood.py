@@ -8,7 +8,7 @@ each feature's range over a reference set drawn like the model's training data (
 written by ``gadsynth ood-calibrate``); :meth:`OodReference.assess` turns the features into a score.
 
 The score is the largest distance outside a reference range, in units of that feature's robust spread
-(``scale``): 0 inside every range, 3 = three spreads beyond the furthest training-like study on some feature.
+(``scale``): 0 inside every range, 1 = one spread beyond the furthest training study on some feature.
 What it cannot catch: anything the features do not measure (anatomy the phantom lacks, a lesion type never
 simulated, artefacts confined to a small region, a wrong but plausible dose), and shifts that move no feature out
 of its range.
@@ -48,11 +48,16 @@ logger = logging.getLogger(__name__)
 #: The reference file in a model folder.
 OOD_FILE = "ood.json"
 
-#: Feature name -> (meaning, smallest spread: a floor for features that barely vary in the reference set).
+#: Feature name -> (meaning, smallest spread: a floor for features that barely vary in the reference set). The
+#: signal-to-noise ratio is a log: a noise level twice the training's largest is as far out as half its smallest.
 FEATURES: dict[str, tuple[str, float]] = {
     "voxel_mm_max": ("largest voxel side of the grid the model runs on (mm)", 0.25),
     "voxel_mm_min": ("smallest voxel side of the grid the model runs on (mm)", 0.25),
-    "snr": ("t1_pre's brain 95th percentile over its noise sigma (MAD of a 3x3x3 high-pass inside the brain)", 2.0),
+    "log_snr": (
+        "natural log of t1_pre's brain 95th percentile over the noise sigma: that of the low-dose subtraction where "
+        "the model has one (anatomy cancels), else the MAD of a 3x3x3 high-pass inside the brain",
+        0.1,
+    ),
     "intensity_p10": ("10th percentile of t1_pre inside the brain over its 95th (contrast weighting)", 0.03),
     "intensity_p50": ("median of t1_pre inside the brain over its 95th (contrast weighting)", 0.03),
     "bias": ("(p95 - p5) / median of t1_pre's brain smoothed over 20 mm inside the mask (receive-bias field)", 0.03),
@@ -255,8 +260,8 @@ def input_features(normalized: NormalizedInputs, registered: RegisteredStudy | N
     }
     p95 = float(np.percentile(values, 95)) if values.size else 0.0
     if p95 > 0:
-        sigma = _noise_sigma(image, brain)
-        features["snr"] = p95 / sigma if sigma > 0 else None
+        sigma = normalized.noise_sigma_source or _noise_sigma(image, brain)
+        features["log_snr"] = math.log(p95 / sigma) if sigma > 0 else None
         features["intensity_p10"] = float(np.percentile(values, 10)) / p95
         features["intensity_p50"] = float(np.percentile(values, 50)) / p95
         features["bias"] = _bias(image, brain, spacing_zyx)  # type: ignore[arg-type]

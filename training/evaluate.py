@@ -293,5 +293,6 @@ def _conventions(reference: Reference) -> dict[str, str]:
         "scale-free, so linear scaling and x_LD always have the same curve",
         "aggregates": "mean / std (n - 1) / median / n over subjects for subject metrics and over lesions for lesion "
         "metrics; failed subjects are left out for every method",
-        "pearson_std_error": "not reported: no shipped model produces a per-voxel uncertainty",
+        "pearson_std_error": "not here: gadsynth uncertainty-calibrate judges the uncertainty map "
+        "(evaluation/uncertainty/)",
     }

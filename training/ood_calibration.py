@@ -13,6 +13,7 @@ false-positive rates at the threshold.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -23,14 +24,25 @@ from typing import Any
 
 import numpy as np
 
-from operators.ood import OOD_FILE, OodReference, input_features
+from operators.ood import FEATURES, OOD_FILE, OodReference, input_features
 
 __all__ = ["SHIFTS", "OodCalibrationConfig", "auc", "calibrate_ood"]
 
 logger = logging.getLogger(__name__)
 
-#: Default threshold: three robust spreads beyond the furthest reference study on some feature.
-DEFAULT_THRESHOLD = 3.0
+#: The threshold, when none is given: the largest leave-one-out score of a reference study (each training subject
+#: scored against the ranges of the other ones), rounded up to 0.05: no training-like study is ever flagged by
+#: chance, and nothing of the test studies is used to choose it.
+THRESHOLD_STEP = 0.05
+
+
+def leave_one_out_scores(values: list[dict[str, float | None]]) -> list[float]:
+    """Each reference study's score against the ranges of the others."""
+    return [
+        OodReference.from_values(values[:i] + values[i + 1 :], threshold=1.0, reference="").assess(values[i]).score
+        for i in range(len(values))
+    ]
+
 
 #: The (agent, field) pairs the 1 mm training runs held out (training/runs/ce-lowdose-v1-1mm.sh).
 TRAINING_EXCLUDED_PAIRS = (("gadobenate", 1.5), ("gadobutrol", 3.0))
@@ -58,7 +70,7 @@ class OodCalibrationConfig:
     out_dir: Path
     work_dir: Path
     models_dir: Path | None = None
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float | None = None  # None: from the reference set (leave-one-out, see THRESHOLD_STEP)
     reference_resolutions: tuple[float, ...] = (1, 1, 1, 1, 1, 1.25, 1.5, 2, 4)
     write_model: bool = True
     command: str = ""
@@ -89,6 +101,18 @@ def _check(job: Any, study: Path) -> None:
 
 
 def _features(pipeline: Any, study: Path, route: str | None = None) -> dict[str, float | None]:
+    """The study's features, from the cache beside it when they were measured with these feature definitions."""
+    key = hashlib.sha256(json.dumps(sorted(FEATURES.items())).encode()).hexdigest()[:10]
+    cache = study / f"ood-features-{route or 't1_pre'}-{key}.json"
+    if cache.is_file():
+        cached: dict[str, float | None] = json.loads(cache.read_text())
+        return cached
+    values = _measure(pipeline, study, route)
+    cache.write_text(json.dumps(values))
+    return values
+
+
+def _measure(pipeline: Any, study: Path, route: str | None = None) -> dict[str, float | None]:
     """The study through the pipeline up to normalization (``route``: that series given as t1_pre)."""
     from app.pipeline import PipelineRequest, StageResults
     from operators.roles import Role
@@ -142,13 +166,21 @@ def calibrate_ood(config: OodCalibrationConfig) -> dict[str, Any]:
         options = phantom_options(seed, variation)
         reference_values.append(_features(pipeline, ensure_study(options, config.work_dir / "reference")))
         logger.info("ood: reference seed %d: %s", seed, reference_values[-1])
+    loo = leave_one_out_scores(reference_values)
+    threshold = config.threshold
+    if threshold is None:
+        threshold = max(THRESHOLD_STEP, math.ceil(max(loo) / THRESHOLD_STEP - 1e-9) * THRESHOLD_STEP)
     reference = OodReference.from_values(
         reference_values,
-        threshold=config.threshold,
+        threshold=round(threshold, 4),
         reference=f"{len(config.reference_seeds)} phantom subjects drawn as the 1 mm training runs draw them "
         f"(phantom:{min(config.reference_seeds)}-{max(config.reference_seeds)}, grid mix "
         f"{', '.join(f'{r:g}' for r in config.reference_resolutions)} mm)",
         command=config.command,
+        threshold_rule="given"
+        if config.threshold is not None
+        else f"largest leave-one-out score of a reference study, rounded up to {THRESHOLD_STEP:g}",
+        leave_one_out_scores=[round(v, 4) for v in loo],
     )
     rows: list[dict[str, Any]] = []
 
@@ -207,11 +239,11 @@ def calibrate_ood(config: OodCalibrationConfig) -> dict[str, Any]:
         "schema_version": 1,
         "model": config.model,
         "reference": reference.to_dict(),
-        "threshold": config.threshold,
+        "threshold": reference.threshold,
         "auc": auc(negatives, positives),
-        "true_positive_rate": float(np.mean([p > config.threshold for p in positives])),
+        "true_positive_rate": float(np.mean([p > reference.threshold for p in positives])),
         "true_positive_rate_note": "a shifted study the pipeline refused before scoring counts as flagged",
-        "false_positive_rate": float(np.mean([n > config.threshold for n in negatives])),
+        "false_positive_rate": float(np.mean([n > reference.threshold for n in negatives])),
         "per_shift": per_shift,
         "shifts": SHIFTS,
         "studies": rows,

@@ -32,6 +32,9 @@ def uncertainty_calibrate(
     work_dir: Path = typer.Option(Path("var/eval/work-full"), "--work-dir", help="Cache of simulated studies."),
     models_dir: Path | None = typer.Option(None, "--models-dir", help="Models folder (default: the repository's)."),
     no_write: bool = typer.Option(False, "--no-write", help="Do not write uncertainty.json into the model folder."),
+    sampling_from: Path | None = typer.Option(
+        None, "--sampling-from", help="An earlier run's uncertainty.json: reuse its flip / noise rows (same test set)."
+    ),
 ) -> None:
     """Fit MODEL's error model (its uncertainty.json) and judge it beside flip-TTA and noise-MC spreads.
 
@@ -51,6 +54,7 @@ def uncertainty_calibrate(
             size=size,
             compare=tuple(c for c in compare.split(",") if c),
             write_model=not no_write,
+            sampling_from=sampling_from,
             command=_command(),
         )
         if set(config.compare) - {"flip", "noise"}:
@@ -77,7 +81,9 @@ def ood_calibrate(
     full_set: str = typer.Option("phantom:1000-1011", "--full-set", help="In-distribution 1 mm test subjects."),
     small_set: str = typer.Option("phantom:1000-1023", "--small-set", help="In-distribution 4 mm test subjects."),
     shifted: str = typer.Option("phantom:3000-3003", "--shifted", help="Seeds of each shifted kind (4 mm)."),
-    threshold: float = typer.Option(3.0, "--threshold", min=0.1, help="Score above which a study is outside."),
+    threshold: float | None = typer.Option(
+        None, "--threshold", min=0.01, help="Score above which a study is outside (default: from the reference set)."
+    ),
     out: Path = typer.Option(Path("evaluation/ood"), "--out", help="Where the judgement goes."),
     work_dir: Path = typer.Option(Path("var/eval/ood"), "--work-dir", help="Cache of reference and shifted studies."),
     full_work_dir: Path = typer.Option(Path("var/eval/work-full"), "--full-work-dir", help="Cache of 1 mm studies."),

@@ -54,6 +54,9 @@ class CalibrationConfig:
     compare: tuple[str, ...] = ("flip", "noise")
     write_model: bool = True
     low_confidence_std: float = LOW_CONFIDENCE_STD
+    #: An earlier run's uncertainty.json whose flip / noise rows (same test set: the same voxels) are reused
+    #: instead of sampling again (the spreads do not depend on the error model; 2 minutes per 1 mm subject).
+    sampling_from: Path | None = None
     features: tuple[str, ...] = tuple(FEATURES)
     command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -244,12 +247,25 @@ def calibrate(config: CalibrationConfig) -> dict[str, Any]:
     for name in config.compare:
         methods[name] = _method_scores(test, lambda s, n=name: s[n])
         methods[name]["seconds_per_subject"] = float(np.mean([s["seconds"][name] for s in test]))
-    best = max(("calibrated", *config.compare), key=lambda m: methods[m]["pearson_pooled"])
+    sampled = list(config.compare)
+    if config.sampling_from is not None:
+        earlier = json.loads(Path(config.sampling_from).read_text())
+        test_set = _test_set(config)
+        if earlier.get("test_set") != test_set:
+            raise ValueError(f"{config.sampling_from} judged {earlier.get('test_set')!r}, not {test_set!r}")
+        for name in ("flip", "noise"):
+            if name in earlier["methods"] and name not in methods:
+                methods[name] = {
+                    **earlier["methods"][name],
+                    "measured_by": earlier.get("command", ""),
+                    "measured_in": str(config.sampling_from),
+                }
+                sampled.append(name)
+    best = max(("calibrated", *sampled), key=lambda m: methods[m]["pearson_pooled"])
     document = {
         "schema_version": 1,
         "model": config.model,
-        "test_set": f"phantom:{min(config.test_seeds)}-{max(config.test_seeds)} ({config.size}), "
-        f"{len(config.test_seeds)} subjects",
+        "test_set": _test_set(config),
         "kept": best,
         "error_model": model.to_dict(),
         "methods": methods,
@@ -269,6 +285,11 @@ def calibrate(config: CalibrationConfig) -> dict[str, Any]:
     elif config.write_model:
         logger.warning("uncertainty: %s tracked the error better than the error model; nothing written", best)
     return document
+
+
+def _test_set(config: CalibrationConfig) -> str:
+    seeds = config.test_seeds
+    return f"phantom:{min(seeds)}-{max(seeds)} ({config.size}), {len(seeds)} subjects"
 
 
 def _figure(document: dict[str, Any], path: Path) -> None:
@@ -306,6 +327,8 @@ def _report(document: dict[str, Any]) -> str:
     ]
     for name, s in document["methods"].items():
         cost = f"{s['seconds_per_subject']:.2f}" if "seconds_per_subject" in s else "(feature of the error model)"
+        if "measured_by" in s:
+            name = f"{name} (sampled by an earlier run on the same voxels, sampling-run.json)"
         lines.append(
             f"| {name} | {s['pearson_pooled']:.3f} | {s['pearson_per_subject_mean']:.3f} / "
             f"{s['pearson_per_subject_min']:.3f} | {s['dice_margin_over_chance_mean']:.3f} / "

@@ -103,7 +103,7 @@ def status_page(jobs: list[JobView], total: int, extra: str = "") -> str:
             f"<td>{error}</td></tr>"
         )
         if job.state in ("succeeded", "failed") and not job.purged:
-            parts = [f'<h2 id="detail-{escape(job.id)}">Job <code>{escape(job.id)}</code></h2>']
+            parts = [f'<section id="detail-{escape(job.id)}"><h2>Job <code>{escape(job.id)}</code></h2>']
             if job.state == "succeeded":
                 parts.append(
                     f'<p><img class="preview" alt="preview of job {escape(job.id)}" '
@@ -116,7 +116,7 @@ def status_page(jobs: list[JobView], total: int, extra: str = "") -> str:
             parts.append(_trust_details(job))
             if job.warnings:
                 parts.append("<ul>" + "".join(f"<li>{escape(w)}</li>" for w in job.warnings) + "</ul>")
-            details.append("".join(parts))
+            details.append("".join(parts) + "</section>")
     table = (
         "<table><thead><tr><th>job</th><th>state</th><th>stage</th><th>age</th><th>model</th><th>attempt</th>"
         "<th>from</th><th>inputs</th><th>error</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"

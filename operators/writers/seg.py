@@ -181,6 +181,12 @@ def write_enhancement_seg(
         # highdicom describes the scanner of source_images[0] itself: GadSynth is the only item to add.
         contributing_equipment=[synthesizing_equipment(model)],
     )
+    if low_confidence is not None:  # the private scheme of the low-confidence type code, declared as DICOM asks
+        scheme = Dataset()
+        scheme.CodingSchemeDesignator = LOW_CONFIDENCE_TYPE.scheme_designator
+        scheme.CodingSchemeName = f"{SOFTWARE_NAME} local codes"
+        scheme.CodingSchemeResponsibleOrganization = SOFTWARE_NAME
+        seg.CodingSchemeIdentificationSequence = [scheme]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(out_path, enforce_file_format=True)

@@ -325,6 +325,7 @@ class TestOutputFolder:
             "seg",
             "sr",
             "synthetic_t1c",
+            "uncertainty",
         ]
         for entry in result.report.outputs:
             assert Path(entry.path).exists() and ".gadsynth-partial-" not in entry.path

@@ -29,8 +29,8 @@ from training.bench.orthanc_process import Orthanc
 from training.bench.service_process import free_port
 from training.phantom import PhantomStudy
 
-#: Our output series numbers (synthetic, SEG; the SR when the job writes one).
-SYNTHETIC, SEG, SR = 9001, 9003, 9005
+#: Our output series numbers (synthetic, SEG, the uncertainty map of the shipped model; the SR when the job writes one).
+SYNTHETIC, SEG, SR, UNCERTAINTY = 9001, 9003, 9005, 9006
 
 RULES = """
 rules:
@@ -126,6 +126,10 @@ def test_orthanc_study_comes_back_with_synthetic_series_seg_and_sr(setup: Setup,
     assert SYNTHETIC in series and SEG in series, series
     assert series[SYNTHETIC]["modality"] == "MR" and "SYNTHETIC" in series[SYNTHETIC]["description"]
     assert series[SEG]["modality"] == "SEG"
+    assert UNCERTAINTY in series and series[UNCERTAINTY]["modality"] == "MR", series
+    assert "UNCERTAINTY" in series[UNCERTAINTY]["description"] and "SYNTHETIC" in series[UNCERTAINTY]["description"]
+    seg = dcmread(next(p for p in results if p.parent.name == "seg"))
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == ["Predicted contrast enhancement", "Low confidence"]
     wrote_sr = any(p.parent.name == "sr" for p in results)
     assert (SR in series) == wrote_sr, (series.keys(), [p.parent.name for p in results])
     if wrote_sr:
@@ -169,7 +173,7 @@ def test_results_by_stow_rs_into_orthanc_dicomweb(setup: Setup, phantoms: list[P
     assert export["n_confirmed"] == len(results)
     held = orthanc.instance_uids(study)  # only our results: the originals never went to Orthanc
     assert sorted(held) == sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in results)
-    assert {s["number"] for s in orthanc.series(study)} >= {SYNTHETIC, SEG}
+    assert {s["number"] for s in orthanc.series(study)} >= {SYNTHETIC, SEG, UNCERTAINTY}
 
     page = client.get("/").text  # the status page shows both receptions and the exports
     assert "DICOM receptions" in page and export["id"] in page and "WEBTEST@127.0.0.1" in page

@@ -90,6 +90,14 @@ def test_status_page_signs_in_and_shows_the_job_with_its_preview(
         assert cells, _job_rows(driver)
         assert cells[0] == job_id and cells[1] == "succeeded", cells
         assert cells[4] == job["model"], cells
+        # the verdict on the inputs and the uncertainty, as the API gives them (the shipped model has both files)
+        trust = job["trust"]
+        assert trust is not None and trust["ood_score"] is not None, job
+        verdict = "OUTSIDE validated range" if trust["outside_validated_range"] else "validated range"
+        assert cells[7] == f"{verdict} (score {trust['ood_score']:.1f})", cells
+        assert trust["uncertainty_median_brain"] > 0 and trust["low_confidence_ml"] is not None, trust
+        details = driver.find_element(By.ID, f"detail-{job_id}").text
+        assert "Uncertainty (std of the synthetic image" in details, details
 
         preview = f"/v1/jobs/{job_id}/preview.png"
         script = (
