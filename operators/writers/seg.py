@@ -66,20 +66,16 @@ def segment_description(model: ModelIdentity, *, low_confidence: bool = False) -
         source=SOFTWARE_NAME,
         parameters={"model_sha256": model.sha256, "gadsynth_version": GADSYNTH_VERSION},
     )
-    if low_confidence:
-        return hd.seg.SegmentDescription(
-            segment_number=2,
-            segment_label=LOW_CONFIDENCE_LABEL,
-            segmented_property_category=LOW_CONFIDENCE_CATEGORY,
-            segmented_property_type=LOW_CONFIDENCE_TYPE,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-        )
+    number, label, category, kind = (
+        (2, LOW_CONFIDENCE_LABEL, LOW_CONFIDENCE_CATEGORY, LOW_CONFIDENCE_TYPE)
+        if low_confidence
+        else (1, SEGMENT_LABEL, ENHANCEMENT_CATEGORY, ENHANCEMENT_TYPE)
+    )
     return hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=SEGMENT_LABEL,
-        segmented_property_category=ENHANCEMENT_CATEGORY,
-        segmented_property_type=ENHANCEMENT_TYPE,
+        segment_number=number,
+        segment_label=label,
+        segmented_property_category=category,
+        segmented_property_type=kind,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
     )
