@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -164,22 +165,15 @@ def _assess_inputs(pipeline: Pipeline, job: Job) -> None:
     Outside the validated range the study is refused (``ood_action='refuse'``) or its result is marked: a warning
     (log, report.json, SR) and the writers' series descriptions. A model folder without ``ood.json`` is not scored.
     """
-    from operators.ood import load_reference, refuse
+    from operators.ood import OOD_FILE, input_features, load_reference, refuse
 
     settings = pipeline.settings
     if settings.ood_action == "off":
         return
     results = job.results
-    manifest = results.manifest
-    try:
-        reference = load_reference(manifest.folder)
-    except ValueError as exc:  # the model folder's file, not the study: the job fails as an internal error
-        raise RuntimeError(f"Model {manifest.name!r}: {exc}") from exc
+    reference = _model_file(job, load_reference, OOD_FILE, "inputs not assessed")
     if reference is None:
-        logger.info("job %s: model %s has no ood.json; inputs not assessed", job.job_id, manifest.name)
         return
-    from operators.ood import input_features
-
     normalized = _need(results.normalized, "normalized")
     assessment = reference.assess(input_features(normalized, results.registered), threshold=settings.ood_threshold)
     results.assessment = assessment
@@ -191,6 +185,19 @@ def _assess_inputs(pipeline: Pipeline, job: Job) -> None:
     if settings.ood_action == "refuse":
         raise refuse(assessment, series_instance_uid=pre.series_instance_uid, label=label)
     job.warn(f"{label}: {assessment.describe()}; the result is produced but is not validated for such input.")
+
+
+def _model_file(job: Job, load: Callable[[Path], Any], name: str, without: str) -> Any:
+    """An optional file of the job's model folder, read by ``load`` (None when the folder has none: logged). A file
+    that cannot be read is the installation's fault, not the study's: the job fails as an internal error."""
+    manifest = job.results.manifest
+    try:
+        loaded = load(manifest.folder)
+    except ValueError as exc:
+        raise RuntimeError(f"Model {manifest.name!r}: {exc}") from exc
+    if loaded is None:
+        logger.info("job %s: model %s has no %s; %s", job.job_id, manifest.name, name, without)
+    return loaded
 
 
 def _infer(pipeline: Pipeline, job: Job) -> None:
@@ -221,18 +228,13 @@ def _postprocess(pipeline: Pipeline, job: Job) -> None:
 def _uncertainty(pipeline: Pipeline, job: Job) -> None:
     """The synthetic image's per-voxel std and low-confidence region (``operators.uncertainty``), for models whose
     folder has an uncertainty.json; computed on the grid the model ran on, written on the source grid."""
-    from operators.uncertainty import load_uncertainty_model, uncertainty_map
+    from operators.uncertainty import UNCERTAINTY_FILE, load_uncertainty_model, uncertainty_map
 
     if not pipeline.settings.uncertainty:
         return
     results = job.results
-    manifest = results.manifest
-    try:
-        model = load_uncertainty_model(manifest.folder)
-    except ValueError as exc:  # the model folder's file, not the study
-        raise RuntimeError(f"Model {manifest.name!r}: {exc}") from exc
+    model = _model_file(job, load_uncertainty_model, UNCERTAINTY_FILE, "no uncertainty map")
     if model is None:
-        logger.info("job %s: model %s has no uncertainty.json; no uncertainty map", job.job_id, manifest.name)
         return
     import SimpleITK as sitk
 
@@ -310,17 +312,8 @@ def _write_preview(pipeline: Pipeline, job: Job) -> None:
         _need(results.normalized, "normalized"),
         _need(results.synthetic_work or results.synthetic, "synthetic"),
         uncertainty=results.uncertainty,
-        outside_validated_range=None if assessment is None or not assessment.outside else _short(assessment),
+        outside_validated_range=None if assessment is None or not assessment.outside else assessment.headline(),
     )
-
-
-def _short(assessment: Any) -> str:
-    worst = assessment.worst
-    feature = assessment.features.get(worst or "", {})
-    detail = (
-        f"{worst} {feature['value']:.3g}, reference {feature['low']:.3g} to {feature['high']:.3g}" if feature else ""
-    )
-    return f"score {assessment.score:.1f} > {assessment.threshold:g} ({detail})"
 
 
 #: The pipeline, stage by stage (ARCHITECTURE.md). Every front door runs this list and no other.

@@ -7,7 +7,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "Prediction",
     "SessionPool",
     "brain_box",
+    "flip_passes",
     "gaussian_importance",
     "get_session",
     "infer",
@@ -429,15 +430,24 @@ def predict_volume(
         return once(inputs)
     total: np.ndarray | None = None
     patches = 0
-    for flips in itertools.product((False, True), repeat=3):
-        axes = tuple(1 + i for i, flip in enumerate(flips) if flip)
-        flipped = np.flip(inputs, axis=axes) if axes else inputs
-        out, patches = once(np.ascontiguousarray(flipped))
-        out = np.flip(out, axis=axes) if axes else out
+    for out, calls in flip_passes(once, inputs):
         total = out.copy() if total is None else total + out
+        patches = calls
     if total is None:  # pragma: no cover - the loop always runs
         raise RuntimeError("no TTA pass ran")
     return total / np.float32(8.0), patches
+
+
+def flip_passes(
+    run: Callable[[np.ndarray], tuple[np.ndarray, int]], inputs: np.ndarray
+) -> Iterator[tuple[np.ndarray, int]]:
+    """``run`` on the 8 combinations of flips of (C, Z, Y, X) ``inputs`` along the spatial axes, each output flipped
+    back: flip TTA averages them, the uncertainty calibration takes their spread."""
+    for flips in itertools.product((False, True), repeat=3):
+        axes = tuple(1 + i for i, flip in enumerate(flips) if flip)
+        flipped = np.flip(inputs, axis=axes) if axes else inputs
+        out, patches = run(np.ascontiguousarray(flipped))
+        yield (np.flip(out, axis=axes) if axes else out), patches
 
 
 #: Overlap of the windows a whole-volume model is run in when the volume is too large for one call.

@@ -40,6 +40,7 @@ __all__ = [
     "OutOfDistributionError",
     "input_features",
     "load_reference",
+    "noise_sigma",
     "refuse",
 ]
 
@@ -90,6 +91,19 @@ class OodAssessment:
         """The feature furthest outside its range (None when every feature is inside)."""
         distances = {name: f["distance"] for name, f in self.features.items() if f["distance"] > 0}
         return max(distances, key=lambda name: distances[name]) if distances else None
+
+    @property
+    def worst_entry(self) -> dict[str, Any]:
+        """The worst feature's value, range, scale and distance ({} when every feature is inside)."""
+        return self.features.get(self.worst or "", {})
+
+    def headline(self) -> str:
+        """The score against the threshold and the worst feature, in a few words (preview title)."""
+        entry = self.worst_entry
+        detail = (
+            f"{self.worst} {entry['value']:.3g}, reference {entry['low']:.3g} to {entry['high']:.3g}" if entry else ""
+        )
+        return f"score {self.score:.1f} > {self.threshold:g} ({detail})"
 
     def describe(self) -> str:
         """One line for the log, the SR and the warnings: the score and the features outside their range."""
@@ -212,13 +226,16 @@ def load_reference(model_dir: Path) -> OodReference | None:
     return OodReference.from_file(path) if path.is_file() else None
 
 
-def _noise_sigma(image: np.ndarray, brain: np.ndarray) -> float:
-    """Noise sigma from the MAD of a 3x3x3 high-pass inside the brain (eroded: no edge of the mask)."""
-    inner = ndimage.binary_erosion(brain, iterations=2)
+def noise_sigma(image: np.ndarray, brain: np.ndarray, *, erode: int = 2) -> float:
+    """Noise sigma from the MAD of a 3x3x3 high-pass inside the brain, eroded by ``erode`` voxels (no edge of the
+    mask; the whole mask when less than 1000 voxels would be left); 0 for an empty mask."""
+    inner = ndimage.binary_erosion(brain, iterations=erode) if erode else brain
     if inner.sum() < 1000:
         inner = brain
     high_pass = image - ndimage.uniform_filter(image, 3)
     values = high_pass[inner]
+    if values.size == 0:
+        return 0.0
     mad = float(np.median(np.abs(values - np.median(values))))
     return 1.4826 * mad / math.sqrt(1.0 - 1.0 / 27.0)
 
@@ -260,7 +277,7 @@ def input_features(normalized: NormalizedInputs, registered: RegisteredStudy | N
     }
     p95 = float(np.percentile(values, 95)) if values.size else 0.0
     if p95 > 0:
-        sigma = normalized.noise_sigma_source or _noise_sigma(image, brain)
+        sigma = normalized.noise_sigma_source or noise_sigma(image, brain)
         features["log_snr"] = math.log(p95 / sigma) if sigma > 0 else None
         features["intensity_p10"] = float(np.percentile(values, 10)) / p95
         features["intensity_p50"] = float(np.percentile(values, 50)) / p95
@@ -273,7 +290,7 @@ def input_features(normalized: NormalizedInputs, registered: RegisteredStudy | N
 def refuse(assessment: OodAssessment, *, series_instance_uid: str | None, label: str) -> OutOfDistributionError:
     """The error that refuses a study outside the validated range (``GADSYNTH_OOD_ACTION=refuse``)."""
     worst = assessment.worst
-    feature = assessment.features.get(worst or "", {})
+    feature = assessment.worst_entry
     expected = f"{feature.get('low', 0):.3g} to {feature.get('high', 0):.3g}" if feature else "inside every range"
     return OutOfDistributionError(
         f"{label}: {assessment.describe()}. The settings refuse studies outside the validated range "

@@ -90,14 +90,15 @@ class StudyRejected(Exception):
     """The pipeline rejected a study (an input error) before the score could be computed."""
 
 
-def _check(job: Any, study: Path) -> None:
+def _check(run: Any, study: Path) -> None:
+    """Raise for a failed pipeline run: StudyRejected for an input error, RuntimeError for anything else."""
     from operators.errors import InputDicomError
 
-    if not job.failed:
+    if run.error is None:
         return
-    if isinstance(job.error, InputDicomError):
-        raise StudyRejected(f"{job.failed_stage}: {type(job.error).__name__}: {str(job.error)[:300]}")
-    raise RuntimeError(f"{study.name}: failed at {job.failed_stage}: {job.error}")
+    if isinstance(run.error, InputDicomError):
+        raise StudyRejected(f"{run.failed_stage}: {type(run.error).__name__}: {str(run.error)[:300]}")
+    raise RuntimeError(f"{study.name}: failed at {run.failed_stage}: {run.error}")
 
 
 def _features(pipeline: Any, study: Path, route: str | None = None) -> dict[str, float | None]:
@@ -117,23 +118,16 @@ def _measure(pipeline: Any, study: Path, route: str | None = None) -> dict[str, 
     from app.pipeline import PipelineRequest, StageResults
     from operators.roles import Role
 
-    first = PipelineRequest(study_dir=study / "dicom", output_dir=None, last_stage="build_volumes", preview=False)
-    job = pipeline.start(first)
-    for stage in pipeline.stages(first):
-        pipeline.run_stage(stage, job)
-    _check(job, study)
-    results: StageResults = job.results
+    run = pipeline.run(PipelineRequest(study_dir=study / "dicom", last_stage="build_volumes"))
+    _check(run, study)
+    results: StageResults = run.results
     if route is not None:
         misrouted = pipeline_volume(study, results.study, Role(route))
         results.volumes = {**(results.volumes or {}), Role.T1_PRE: misrouted}
-    rest = PipelineRequest(
-        study_dir=study / "dicom", output_dir=None, first_stage="register", last_stage="normalize", preview=False
-    )
-    job = pipeline.start(rest, given=results)
-    for stage in pipeline.stages(rest):
-        pipeline.run_stage(stage, job)
-    _check(job, study)
-    return input_features(job.results.normalized, job.results.registered)
+    rest = PipelineRequest(study_dir=study / "dicom", first_stage="register", last_stage="normalize")
+    run = pipeline.run(rest, given=results)
+    _check(run, study)
+    return input_features(run.results.normalized, run.results.registered)
 
 
 def pipeline_volume(study: Path, loaded: Any, role: Any) -> Any:

@@ -11,7 +11,6 @@ std region against the top-k % error region for k = 1..30 % (chance: Dice = k).
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -22,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 from scipy.optimize import nnls
 
+from operators.ood import noise_sigma
 from operators.uncertainty import FEATURES, UNCERTAINTY_FILE, UncertaintyModel, error_features
 
 __all__ = ["CalibrationConfig", "calibrate", "dice_by_k"]
@@ -81,7 +80,7 @@ def _subject(seed: int, config: CalibrationConfig, pipeline: Any, *, sampling: b
     import SimpleITK as sitk
 
     from app.pipeline import PipelineRequest
-    from operators.inference import Prediction, brain_box, predict_volume
+    from operators.inference import Prediction, brain_box, flip_passes, predict_volume
     from operators.postprocess import BRAIN_MARGIN_MM, brain_region, contrast_signal
     from training.evaluate import EvaluationConfig
     from training.evaluate_data import ensure_study, load_subject, subject_options
@@ -94,13 +93,10 @@ def _subject(seed: int, config: CalibrationConfig, pipeline: Any, *, sampling: b
         size=config.size,  # type: ignore[arg-type]
     )
     study = ensure_study(subject_options(seed, cfg), config.work_dir / "studies")
-    request = PipelineRequest(study_dir=study / "dicom", output_dir=None, last_stage="postprocess", preview=False)
-    job = pipeline.start(request)
-    for stage in pipeline.stages(request):
-        pipeline.run_stage(stage, job)
-    if job.failed:
-        raise RuntimeError(f"seed {seed}: the pipeline failed at {job.failed_stage}: {job.error}")
-    results = job.results
+    run = pipeline.run(PipelineRequest(study_dir=study / "dicom", last_stage="postprocess"))
+    if run.error is not None:
+        raise RuntimeError(f"seed {seed}: the pipeline failed at {run.failed_stage}: {run.error}")
+    results = run.results
     normalized = results.normalized
     contrast = sitk.GetArrayFromImage(results.synthetic.enhancement)
     synthetic = sitk.GetArrayFromImage(results.synthetic.synthetic)
@@ -143,17 +139,14 @@ def _subject(seed: int, config: CalibrationConfig, pipeline: Any, *, sampling: b
 
     if "flip" in config.compare:
         started, samples = time.perf_counter(), []
-        for flips in itertools.product((False, True), repeat=3):
-            axes = tuple(1 + i for i, flip in enumerate(flips) if flip)
-            flipped = np.ascontiguousarray(np.flip(inputs, axes)) if axes else inputs
-            out, _ = predict_volume(session, manifest, flipped, normalized.condition)
-            samples.append(contrast_of(np.flip(out, axes) if axes else out))
+        for out, _ in flip_passes(lambda v: predict_volume(session, manifest, v, normalized.condition), inputs):
+            samples.append(contrast_of(out))
         entry["flip"] = spread(samples)
         seconds["flip"] = time.perf_counter() - started
     if "noise" in config.compare:
         started, samples = time.perf_counter(), []
         inner = normalized.brain if box is None else normalized.brain[box.slices]
-        sigmas = np.asarray([_channel_noise(inputs[c], inner) for c in range(inputs.shape[0])], dtype=np.float32)
+        sigmas = np.asarray([noise_sigma(channel, inner, erode=0) for channel in inputs], dtype=np.float32)
         rng = np.random.default_rng([seed, 7])
         for _ in range(NOISE_SAMPLES):
             noisy = inputs + rng.standard_normal(inputs.shape, dtype=np.float32) * sigmas[:, None, None, None]
@@ -162,15 +155,6 @@ def _subject(seed: int, config: CalibrationConfig, pipeline: Any, *, sampling: b
         entry["noise"] = spread(samples)
         seconds["noise"] = time.perf_counter() - started
     return entry
-
-
-def _channel_noise(channel: np.ndarray, brain: np.ndarray) -> float:
-    """Noise sigma of one input channel: MAD of a 3x3x3 high-pass inside the brain (0 for constant channels)."""
-    high_pass = channel - ndimage.uniform_filter(channel, 3)
-    values = high_pass[brain]
-    if values.size == 0:
-        return 0.0
-    return float(1.4826 * np.median(np.abs(values - np.median(values))) / math.sqrt(1 - 1 / 27))
 
 
 def _design(subjects: list[dict[str, Any]], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
