@@ -10,13 +10,21 @@ from operators.model_manifest import NormalizationKind, NormalizationSpec
 from operators.normalization import EPS
 
 __all__ = [
+    "QUANTITATIVE_SCALE",
     "DirectNormalization",
+    "FixedScaleNormalization",
     "IdentityNormalization",
     "MinMaxNormalization",
     "ZScoreNormalization",
     "direct_strategy",
     "normalize_target",
+    "role_strategy",
 ]
+
+#: Quantitative maps are divided by a fixed physical constant, never by the study's own statistics (METHODS.md 5:
+#: quantitative T1 maps need no intensity normalization): T1 in ms / 4000 puts white matter near 0.2-0.3, grey
+#: matter near 0.3-0.45 and CSF near 1.1, at 1.5 T and 3 T alike.
+QUANTITATIVE_SCALE: dict[str, float] = {"t1_map": 4000.0}
 
 
 class DirectNormalization(Protocol):
@@ -110,6 +118,34 @@ class IdentityNormalization:
         """Return the array as float32."""
         del params
         return array.astype(np.float32)
+
+
+class FixedScaleNormalization:
+    """Divide by a fixed constant (a quantitative map's unit), clipped to [0, 2]: the same scale for every study."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = float(scale)
+
+    def run(self, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """Scale one map (the brain mask is unused: nothing is estimated from the study)."""
+        del brain
+        params = {"scale": self.scale}
+        return self.apply(image, params), params
+
+    def apply(self, image: np.ndarray, params: dict[str, float]) -> np.ndarray:
+        """Scale with given parameters."""
+        return np.clip(image / np.float32(params["scale"]), 0.0, 2.0).astype(np.float32)
+
+    def undo(self, array: np.ndarray, params: dict[str, float]) -> np.ndarray:
+        """Back to the map's unit."""
+        return (array * np.float32(params["scale"])).astype(np.float32)
+
+
+def role_strategy(spec: NormalizationSpec, role: str) -> DirectNormalization:
+    """The strategy for one input role: a fixed scale for quantitative maps, the model's kind for the others."""
+    if role in QUANTITATIVE_SCALE:
+        return FixedScaleNormalization(QUANTITATIVE_SCALE[role])
+    return direct_strategy(spec)
 
 
 def normalize_target(spec: NormalizationSpec, image: np.ndarray, params: dict[str, float]) -> np.ndarray:

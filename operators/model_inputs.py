@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from operators.brain_mask import BrainMask
 from operators.contrast import field_strength
-from operators.direct_normalization import direct_strategy
+from operators.direct_normalization import role_strategy
 from operators.errors import InputDicomError, describe_series
 from operators.fast_header import raw_text
 from operators.model_manifest import ConditionFeature, ModelManifest, NormalizationKind
@@ -218,9 +218,9 @@ def normalize(
             s_ld = result.s_ld
             x_ld = result.x_ld * np.float32(result.params["percentile_value_pc"])
         else:
-            strategy = direct_strategy(spec)
             per_role: dict[str, dict[str, float]] = {}
             for role in manifest.required_roles:
+                strategy = role_strategy(spec, role.value)
                 normalized, role_params = strategy.run(_array(registered.images[role]), brain)
                 if spec.mask_outside_brain:
                     normalized = normalized * brain

@@ -8,7 +8,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +93,9 @@ class EvaluationConfig:
         The k (%) of the top-k% enhancement overlap.
     examples:
         How many subjects get an example-slice figure.
+    t1_map:
+        Also write the quantitative T1 map into every test study (set by ``evaluate`` for a model that reads it).
+        Every other series keeps its pixels, so two models evaluated with it see the same images.
     """
 
     model: str
@@ -109,6 +112,7 @@ class EvaluationConfig:
     ks: tuple[int, ...] = m.DEFAULT_TOP_K_PERCENT
     examples: int = 3
     write_report: bool = True
+    t1_map: bool = False
     seeds: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -130,6 +134,7 @@ class EvaluationConfig:
             "agent": self.agent,
             "vendor": self.vendor,
             "ks": list(self.ks),
+            "t1_map": self.t1_map,
             "work_dir": str(self.work_dir),
         }
 
@@ -231,6 +236,8 @@ def evaluate(config: EvaluationConfig, *, progress: Progress | None = None) -> d
 
     models_dir = config.models_dir or REPO_MODELS
     model = _model_info(config.model, models_dir)
+    if "t1_map" in model["required_roles"] and not config.t1_map:
+        config = replace(config, t1_map=True)
     config.out_dir.mkdir(parents=True, exist_ok=True)
     figure_dir = config.out_dir / "figures" if config.write_report else None
     subjects: list[dict[str, Any]] = []

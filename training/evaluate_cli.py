@@ -32,6 +32,12 @@ def evaluate(
     vendor: str | None = typer.Option(None, "--vendor", help="Fix the vendor flavour (default: cycle all)."),
     examples: int = typer.Option(3, "--examples", min=0, help="Subjects with an example-slice figure."),
     no_report: bool = typer.Option(False, "--no-report", help="Write only the JSON (no Markdown, no figures)."),
+    t1_map: bool = typer.Option(
+        False,
+        "--t1-map",
+        help="Also write a quantitative T1 map into each test study (automatic for a model that reads one), so that "
+        "a model without it is judged on the same studies.",
+    ),
 ) -> None:
     """Evaluate MODEL on phantom subjects: every METHODS.md section 6 metric, beside x_PC, x_LD and linear scaling.
 
@@ -64,6 +70,7 @@ def evaluate(
             vendor=vendor,
             examples=examples,
             write_report=not no_report,
+            t1_map=t1_map,
         )
         # Fail on bad flavour options before any work: build the first subject's phantom options.
         from training.evaluate_data import subject_options

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from operators.image_registration import RegistrationSettings
 from training.phantom import LesionSpec, PhantomOptions, generate_study
+from training.phantom.options import ALL_ROLES, OPTIONAL_ROLES
 
 if TYPE_CHECKING:
     from app.pipeline import Pipeline
@@ -84,6 +85,7 @@ def subject_options(seed: int, config: EvaluationConfig) -> PhantomOptions:
         output_format=OUTPUT_FORMATS[(seed // 6) % 2],  # type: ignore[arg-type]
         transfer_syntax=TRANSFER_SYNTAXES[(seed // 5) % 5],  # type: ignore[arg-type]
         lesions=(LesionSpec(first), LesionSpec(second), LesionSpec("nonenhancing")),  # type: ignore[arg-type]
+        roles=ALL_ROLES + OPTIONAL_ROLES if config.t1_map else ALL_ROLES,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from operators.direct_normalization import QUANTITATIVE_SCALE
 from operators.model_manifest import (
     ConditionSpec,
     InputChannel,
@@ -164,6 +165,12 @@ def differential_manifest_fields(
     }
 
 
+def _direct_input_meaning(role: Role) -> str:
+    if role.value in QUANTITATIVE_SCALE:
+        return f"{role.value} divided by {QUANTITATIVE_SCALE[role.value]:g} (quantitative: no intensity normalization)"
+    return f"{role.value} min-max normalized in the brain"
+
+
 def direct_manifest_fields(
     *,
     name: str,
@@ -197,7 +204,7 @@ def direct_manifest_fields(
         "model_file": MODEL_FILE,
         "input_tensor": "image",
         "condition_tensor": None,
-        "inputs": [InputChannel(name=r.value, meaning=f"{r.value} min-max normalized in the brain") for r in roles],
+        "inputs": [InputChannel(name=r.value, meaning=_direct_input_meaning(r)) for r in roles],
         "normalization": normalization
         or NormalizationSpec(kind=NormalizationKind.MINMAX, mask_outside_brain=True, target_max=target_max),
         "condition": None,

@@ -33,9 +33,9 @@ def _resolutions(text: str | None) -> tuple[float, ...]:
 
 def train(
     out: Annotated[Path, typer.Option("--out", help="Model folder to export to (models/NAME).")],
-    model: Annotated[str, typer.Option(help="differential (Pinetz et al.), direct (Bone et al.) or zerodose.")] = (
-        "differential"
-    ),
+    model: Annotated[
+        str, typer.Option(help="differential (Pinetz et al.), direct (Bone et al.), zerodose or zerodose-t1map.")
+    ] = ("differential"),
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
     patch: Annotated[int, typer.Option(help="Patch edge in voxels (cubic patches).")] = 64,
     batch: Annotated[int, typer.Option(help="Patches per step.")] = 2,

@@ -32,8 +32,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ModelKind = Literal["differential", "direct", "zerodose"]
-_MODEL_KINDS: tuple[str, ...] = ("differential", "direct", "zerodose")
+ModelKind = Literal["differential", "direct", "zerodose", "zerodose-t1map"]
+_MODEL_KINDS: tuple[str, ...] = ("differential", "direct", "zerodose", "zerodose-t1map")
 #: Where runs keep checkpoints and the sample cache unless told otherwise (``/var/`` is git-ignored).
 DEFAULT_WORK_ROOT = Path("var") / "train"
 _PLACEHOLDER_SHA256 = "0" * 64
@@ -50,8 +50,8 @@ class TrainConfig:
     Parameters
     ----------
     model:
-        ``differential`` (Pinetz et al.), ``direct`` (Bone et al., T1 pre + low-dose) or ``zerodose``
-        (T1 pre, T2, FLAIR).
+        ``differential`` (Pinetz et al.), ``direct`` (Bone et al., T1 pre + low-dose), ``zerodose``
+        (T1 pre, T2, FLAIR) or ``zerodose-t1map`` (T1 pre, quantitative T1 map, T2, FLAIR).
     out:
         The model folder to export to at the end (``models/NAME``; NAME becomes the manifest name).
     steps, batch, patch:
@@ -228,8 +228,8 @@ def network_config(config: TrainConfig) -> NetworkConfig:
     if config.depth is not None:
         sizes["levels"] = config.depth
     sizes["output_max"] = direct_target_max(config)
-    if config.model == "zerodose":
-        return DirectUNetConfig.zero_dose(**sizes)
+    if config.model in ("zerodose", "zerodose-t1map"):
+        return DirectUNetConfig.zero_dose(t1_map=config.model == "zerodose-t1map", **sizes)
     return DirectUNetConfig(inputs=LOW_DOSE_DIRECT_INPUTS, **sizes)
 
 

@@ -99,7 +99,9 @@ def export_trained(
                 "scanner images at about 1 mm present other structure sizes and noise texture to the network, and "
                 "this model has not been evaluated on them."
             )
-        doses = f"low doses {summary['phantom_doses']} of standard and " if config.model != "zerodose" else ""
+        doses = (
+            f"low doses {summary['phantom_doses']} of standard and " if not config.model.startswith("zerodose") else ""
+        )
         limits.append(
             f"Trained on {doses}the (agent, field strength) pairs of the phantom variation except "
             f"{summary['held_out_pairs']}; see the Metrics section for how it degrades outside them."

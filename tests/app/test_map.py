@@ -360,6 +360,8 @@ class TestSameAsBefore:
     once more when the model folder gained its error model and input-distribution reference (issue 15): the
     synthetic series kept every pixel; the SEG gained its "Low confidence" segment, the uncertainty series was
     added, and the report gained ``extra/ood``, ``extra/uncertainty`` and the stages assess_inputs and uncertainty.
+    The report golden changed once more when the selector learned the Enhanced MR term ``T1_MAP`` (issue 15): each
+    series' "not quantitative T1 map" reason names one more ImageType value it lacks; no pixel changed.
     """
 
     def test_pixel_data_is_byte_for_byte_the_same(self, map_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

@@ -285,3 +285,59 @@ class TestNamedModel:
         assert report.model_choice is not None and report.model_choice.named
         assert report.model_choice.chosen == "ce-baseline-linear"
         assert not list(tmp_path.rglob("*.dcm"))
+
+
+@pytest.fixture(scope="module")
+def t1_map_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with a tiny untrained zero-dose network that reads the quantitative T1 map."""
+    root = tmp_path_factory.mktemp("t1map-models")
+    torch.manual_seed(0)
+    direct = DirectUNet(DirectUNetConfig.zero_dose(t1_map=True, base_width=4, levels=2)).eval()
+    fields = direct_manifest_fields(
+        name="ce-zerodose-t1map-v1", version="0.0.1", inputs=direct.config.inputs, spatial_divisor=4
+    )
+    write_model_folder(direct, root / "ce-zerodose-t1map-v1", fields)
+    return root
+
+
+@pytest.fixture(scope="module")
+def t1_map_study(tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
+    """No contrast: T1 pre, its quantitative T1 map, T2 and FLAIR (GE naming)."""
+    options = PhantomOptions(seed=24, size="small", vendor="ge", roles=("t1_pre", "t1_map", "t2", "flair"))
+    return generate_study(options, tmp_path_factory.mktemp("t1map"))
+
+
+class TestT1MapModel:
+    def test_runs_from_dicom_with_the_map_in_its_unit(
+        self, t1_map_study: PhantomStudy, t1_map_models: Path, tmp_path: Path, dciodvfy: str
+    ) -> None:
+        result = _run_app(
+            "-i", str(t1_map_study.dicom_dir), "-o", str(tmp_path), "-m", str(t1_map_models),
+            "--model-name", "ce-zerodose-t1map-v1",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = _report(tmp_path)
+        assert report["status"] == "ok"
+        assert report["roles"]["t1_map"]["series_instance_uid"] == t1_map_study.series["t1_map"].series_instance_uid
+        assert "t1_map" in report["registration"]
+        synthetic = sorted((tmp_path / "synthetic_t1c").glob("*.dcm"))
+        assert synthetic
+        ds = dcmread(synthetic[0])
+        assert "SYNTHETIC" in ds.SeriesDescription and "ce-zerodose-t1map-v1" in ds.SeriesDescription
+        for path in sorted(tmp_path.rglob("*.dcm"))[::7]:
+            checked = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
+            errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+            assert not errors, f"{path}: {errors}"
+
+    def test_a_study_without_a_map_is_refused_naming_it(
+        self, zero_dose: PhantomStudy, t1_map_models: Path, tmp_path: Path
+    ) -> None:
+        result = _run_app(
+            "-i", str(zero_dose.dicom_dir), "-o", str(tmp_path), "-m", str(t1_map_models),
+            "--model-name", "ce-zerodose-t1map-v1",
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        report = _report(tmp_path)
+        assert "t1_map" in report["error"]["message"]
+        assert not (tmp_path / "synthetic_t1c").exists()

@@ -9,11 +9,13 @@ from scipy import ndimage
 
 from operators.brain_mask import BrainMask
 from operators.direct_normalization import (
+    FixedScaleNormalization,
     IdentityNormalization,
     MinMaxNormalization,
     ZScoreNormalization,
     direct_strategy,
     normalize_target,
+    role_strategy,
 )
 from operators.errors import InputDicomError
 from operators.model_inputs import condition_vector, normalize
@@ -247,6 +249,22 @@ class TestDirect:
         assert params == {} and np.array_equal(out, array)
         with pytest.raises(ValueError, match=r"no per-modality strategy for kind 'differential'"):
             direct_strategy(DIFFERENTIAL)
+
+    def test_quantitative_t1_map_keeps_its_unit(self, image: tuple[np.ndarray, np.ndarray]) -> None:
+        """A T1 map is divided by 4000 ms whatever the study: a longer T1 stays longer (min-max would erase it)."""
+        _, brain = image
+        spec = NormalizationSpec(kind="minmax")
+        strategy = role_strategy(spec, "t1_map")
+        assert isinstance(strategy, FixedScaleNormalization)
+        assert isinstance(role_strategy(spec, "t1_pre"), MinMaxNormalization)
+        t1 = np.where(brain, 1084.0, 0.0).astype(np.float32)  # white matter at 3 T
+        out, params = strategy.run(t1, brain)
+        assert params == {"scale": 4000.0}
+        np.testing.assert_allclose(out[brain], 1084.0 / 4000.0, rtol=1e-6)
+        longer, _ = strategy.run(t1 * 1.5, brain)
+        np.testing.assert_allclose(longer[brain], 1.5 * 1084.0 / 4000.0, rtol=1e-6)
+        np.testing.assert_allclose(strategy.undo(out, params), t1, rtol=1e-6)
+        assert float(strategy.run(np.full_like(t1, 20000.0), brain)[0].max()) == 2.0  # clipped
 
 
 def _study(pair: dict[str, np.ndarray], roles: tuple[Role, ...]) -> tuple[RegisteredStudy, BrainMask]:

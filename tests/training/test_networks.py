@@ -267,6 +267,7 @@ class TestDirectUNet:
     def test_zero_dose_variant(self) -> None:
         assert DirectUNetConfig.zero_dose().inputs == ("t1_pre", "t2", "flair")
         assert DirectUNetConfig.zero_dose(adc=True).inputs == ("t1_pre", "t2", "flair", "adc")
+        assert DirectUNetConfig.zero_dose(t1_map=True).inputs == ("t1_pre", "t1_map", "t2", "flair")
         assert "t1_low_dose" not in DirectUNetConfig.zero_dose(adc=True).inputs
 
     @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from training.datasets.sample import (
     save_sample,
     training_roles,
 )
-from training.phantom.options import ALL_ROLES, PhantomOptions
+from training.phantom.options import ALL_ROLES, KNOWN_ROLES, PhantomOptions
 
 __all__ = [
     "DataSpec",
@@ -137,7 +137,7 @@ def phantom_options(seed: int, variation: PhantomVariation, *, roles: Sequence[s
     agent, field = pairs[int(rng.integers(len(pairs)))]
     low, high = variation.dose_range
     motion = bool(rng.random() < variation.motion_probability)
-    wanted = [r for r in ALL_ROLES if r in roles]
+    wanted = [r for r in KNOWN_ROLES if r in roles]
     dose = round(float(rng.uniform(low, high)), 4)
     draws = dict(
         vendor=variation.vendors[int(rng.integers(len(variation.vendors)))],

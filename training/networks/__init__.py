@@ -17,6 +17,7 @@ from training.networks.direct import (
     DIRECT_INPUTS,
     LOW_DOSE_DIRECT_INPUTS,
     ZERO_DOSE_INPUTS,
+    ZERO_DOSE_T1_MAP_INPUTS,
     DirectUNet,
     DirectUNetConfig,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "DIRECT_INPUTS",
     "LOW_DOSE_DIRECT_INPUTS",
     "ZERO_DOSE_INPUTS",
+    "ZERO_DOSE_T1_MAP_INPUTS",
     "DifferentialUNet",
     "DifferentialUNetConfig",
     "DirectUNet",

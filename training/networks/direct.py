@@ -15,6 +15,7 @@ __all__ = [
     "DIRECT_INPUTS",
     "LOW_DOSE_DIRECT_INPUTS",
     "ZERO_DOSE_INPUTS",
+    "ZERO_DOSE_T1_MAP_INPUTS",
     "DirectUNet",
     "DirectUNetConfig",
 ]
@@ -22,11 +23,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Inputs the direct network may take (role names, in the tensor order used when a subset is chosen).
-DIRECT_INPUTS: tuple[str, ...] = ("t1_pre", "t1_low_dose", "flair", "t2", "adc")
+DIRECT_INPUTS: tuple[str, ...] = ("t1_pre", "t1_low_dose", "flair", "t2", "adc", "t1_map")
 #: The reference end-to-end configuration of 004 that is comparable to the differential model.
 LOW_DOSE_DIRECT_INPUTS: tuple[str, ...] = ("t1_pre", "t1_low_dose")
 #: The zero-dose variant (no gadolinium at all): T1, T2, FLAIR (ADC optional).
 ZERO_DOSE_INPUTS: tuple[str, ...] = ("t1_pre", "t2", "flair")
+#: The zero-dose variant that also reads the quantitative T1 map (Piening et al., METHODS.md 5).
+ZERO_DOSE_T1_MAP_INPUTS: tuple[str, ...] = ("t1_pre", "t1_map", "t2", "flair")
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,12 @@ class DirectUNetConfig(SerializableConfig):
             raise ValueError(f"DirectUNetConfig.max_width ({self.max_width}) must be at least base_width")
 
     @classmethod
-    def zero_dose(cls, *, adc: bool = False, **kwargs: Any) -> DirectUNetConfig:
-        """The zero-dose variant: T1, T2, FLAIR (and ADC when ``adc``) in, T1ce out (residual output by default)."""
+    def zero_dose(cls, *, adc: bool = False, t1_map: bool = False, **kwargs: Any) -> DirectUNetConfig:
+        """The zero-dose variant: T1, T2, FLAIR (the T1 map too when ``t1_map``, ADC when ``adc``) in, T1ce out
+        (residual output by default)."""
         kwargs.setdefault("output", "residual")
-        return cls(inputs=ZERO_DOSE_INPUTS + (("adc",) if adc else ()), **kwargs)
+        inputs = ZERO_DOSE_T1_MAP_INPUTS if t1_map else ZERO_DOSE_INPUTS
+        return cls(inputs=inputs + (("adc",) if adc else ()), **kwargs)
 
     @property
     def in_channels(self) -> int:

@@ -29,7 +29,9 @@ def phantom(
         "gadobutrol"
     ),
     dose: Annotated[float, typer.Option(help="Low dose relative to 0.1 mmol/kg (seed papers: 0.1 to 0.33).")] = 0.25,
-    roles: Annotated[str, typer.Option(help=f"Comma-separated series to write, from {_ROLES}.")] = _ROLES,
+    roles: Annotated[
+        str, typer.Option(help=f"Comma-separated series to write, from {_ROLES} and t1_map (a quantitative T1 map).")
+    ] = _ROLES,
     vendor: Annotated[str, typer.Option(help="Header and naming flavour: siemens, ge or philips.")] = "siemens",
     t1_orientation: Annotated[str, typer.Option(help="3D T1 slab: sagittal or axial.")] = "sagittal",
     t1_sequence: Annotated[str, typer.Option(help="3D T1 sequence: mprage (inversion-prepared) or gre.")] = "mprage",
@@ -103,8 +105,7 @@ def phantom(
         raise typer.Exit(code=2) from None
     reuse_large_allocations()
     # Stages: subject, T1 render and truth, one per series simulated, one per series written, truth files.
-    simulated = [r for r in options.roles if r in ("t1_pre", "t1_low_dose", "t1_standard_dose", "t2", "flair", "adc")]
-    total = 3 + len(simulated) + len(options.roles) + 1
+    total = 3 + 2 * len(options.roles) + 1
     with tqdm(total=total, desc=f"phantom seed {seed}", unit="stage", leave=False) as bar:
 
         def progress(stage: str) -> None:

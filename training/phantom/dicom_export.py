@@ -387,7 +387,7 @@ def write_series(
         transfer_syntax=TRANSFER_SYNTAXES[transfer_syntax],
         array=array,
         geometry=geometry,
-        fmt=pixel_format(array),
+        fmt=pixel_format(array, twelve_or_sixteen=output_format == "enhanced"),
         times=slice_datetimes(protocol, study, geometry.n_slices),
         duration_s=acquisition_duration_s(protocol, geometry.rows, geometry.n_slices, profile.parallel_factor),
     )

@@ -130,10 +130,14 @@ class PixelFormat:
     window_width: str
 
 
-def pixel_format(array: np.ndarray) -> PixelFormat:
-    """Bits stored (12 like most scanners, 16 when values need it) and a display window from robust percentiles."""
+def pixel_format(array: np.ndarray, *, twelve_or_sixteen: bool = False) -> PixelFormat:
+    """Bits stored (12 like most scanners, more when values need it) and a display window from robust percentiles.
+
+    ``twelve_or_sixteen``: only 12 or 16 bits (the Enhanced MR IOD allows no other value)."""
     largest = int(array.max(initial=0))
     bits = max(12, largest.bit_length())
+    if twelve_or_sixteen and bits > 12:
+        bits = 16
     sample = array[:: max(1, array.shape[0] // 32), ::2, ::2]  # a robust window does not need every voxel
     low, high = np.percentile(sample, [1.0, 99.5])
     width = max(float(high - low), 1.0)

@@ -17,7 +17,7 @@ import numpy as np
 from training.phantom.dicom_export import write_series
 from training.phantom.geometry import Pose, SeriesGeometry
 from training.phantom.lesions import LESION_PART_CODES
-from training.phantom.options import ALL_ROLES, PhantomOptions
+from training.phantom.options import KNOWN_ROLES, PhantomOptions
 from training.phantom.protocols import SeriesPlan, describe_sequence
 from training.phantom.simulation import ExamSimulation
 from training.phantom.tissues import TISSUES, tissue_params
@@ -119,7 +119,7 @@ def generate_study(options: PhantomOptions, out_dir: Path, *, progress: Progress
             future.result()
             ready(role)
         start = time.perf_counter()
-        series = {role: written[role].result() for role in ALL_ROLES if role in written}
+        series = {role: written[role].result() for role in KNOWN_ROLES if role in written}
         params = _params(sim, series)
         write_params(truth_dir, params, list(sim.truth))
         for path_future in pending:
@@ -172,6 +172,12 @@ def _write_series(sim: ExamSimulation, role: str, dicom_dir: Path) -> SeriesTrut
     )
 
 
+_NOISE_UNITS = {
+    "adc": "1e-6 mm^2/s (ADC of white matter, first order)",
+    "t1_map": "ms (T1 of white matter; the noise is proportional to T1)",
+}
+
+
 def _params(sim: ExamSimulation, series: dict[str, SeriesTruth]) -> dict[str, Any]:
     """Every parameter of the simulation, JSON-ready (truth/params.json)."""
     o = sim.options
@@ -198,7 +204,7 @@ def _params(sim: ExamSimulation, series: dict[str, SeriesTruth]) -> dict[str, An
             "grid": plan.geometry.to_dict(),
             "pose": sim.poses[role].to_dict(),
             "noise_sigma": sim.sigmas.get(role),
-            "noise_sigma_units": "1e-6 mm^2/s (ADC of white matter, first order)" if role == "adc" else "pixel",
+            "noise_sigma_units": _NOISE_UNITS.get(role, "pixel"),
             "intensity_scale": sim.scales.get(role),
         }
     d = sim.anatomy.deformation

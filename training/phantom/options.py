@@ -11,7 +11,9 @@ from operators.roles import AGENT_R1, canonical_agent
 
 __all__ = [
     "ALL_ROLES",
+    "KNOWN_ROLES",
     "LESION_KINDS",
+    "OPTIONAL_ROLES",
     "LesionKind",
     "LesionSpec",
     "PhantomOptions",
@@ -25,6 +27,11 @@ LESION_KINDS: tuple[str, ...] = get_args(LesionKind)
 
 #: The six series of one exam, in acquisition order (operators.roles.Role values).
 ALL_ROLES: tuple[str, ...] = ("t1_pre", "t2", "flair", "adc", "t1_low_dose", "t1_standard_dose")
+#: Series written only on request: ``t1_map``, a quantitative T1 map (ms) reconstructed from the pre-contrast 3D T1
+#: acquisition (as MP2RAGE gives one beside its T1-weighted image), on t1_pre's grid and pose. Asking for it changes
+#: no pixel of the other series.
+OPTIONAL_ROLES: tuple[str, ...] = ("t1_map",)
+KNOWN_ROLES: tuple[str, ...] = ALL_ROLES + OPTIONAL_ROLES
 
 #: Diameter ranges (mm) drawn for each lesion kind when a request gives none.
 DIAMETER_RANGE_MM: dict[str, tuple[float, float]] = {
@@ -83,7 +90,7 @@ class PhantomOptions:
     dose:
         Low dose relative to the standard dose of 0.1 mmol/kg (0.1 to 0.33 in the seed papers).
     roles:
-        Which of the six series to write.
+        Which series to write: any of the six of ``ALL_ROLES`` (the default) and of ``OPTIONAL_ROLES``.
     vendor:
         Header flavour and protocol naming: ``"siemens"``, ``"ge"`` or ``"philips"``.
     t1_orientation, t1_sequence:
@@ -159,9 +166,9 @@ class PhantomOptions:
             raise ValueError(f"No relaxivity for agent {self.agent!r}.")
         if not 0.0 < self.dose < 1.0:
             raise ValueError(f"dose (low dose relative to standard) must be in (0, 1). Found {self.dose}.")
-        unknown = [r for r in self.roles if r not in ALL_ROLES]
+        unknown = [r for r in self.roles if r not in KNOWN_ROLES]
         if unknown or not self.roles:
-            raise ValueError(f"roles must be a non-empty subset of {list(ALL_ROLES)}. Found {list(self.roles)}.")
+            raise ValueError(f"roles must be a non-empty subset of {list(KNOWN_ROLES)}. Found {list(self.roles)}.")
         if len(set(self.roles)) != len(self.roles):
             raise ValueError(f"roles must not repeat. Found {list(self.roles)}.")
         if self.resolution_mm is not None and not 0.5 <= self.resolution_mm <= 8.0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -135,10 +136,39 @@ def _naming(options: PhantomOptions, role: str) -> tuple[str, str, str, str, tup
 
 
 _SERIES_NUMBERS = {
-    "siemens": {"t1_pre": 2, "t2": 3, "flair": 4, "adc": 6, "t1_low_dose": 7, "t1_standard_dose": 8},
-    "ge": {"t1_pre": 2, "t2": 3, "flair": 4, "adc": 500, "t1_low_dose": 6, "t1_standard_dose": 7},
-    "philips": {"t1_pre": 201, "t2": 301, "flair": 401, "adc": 502, "t1_low_dose": 601, "t1_standard_dose": 701},
+    "siemens": {"t1_pre": 2, "t1_map": 5, "t2": 3, "flair": 4, "adc": 6, "t1_low_dose": 7, "t1_standard_dose": 8},
+    "ge": {"t1_pre": 2, "t1_map": 5, "t2": 3, "flair": 4, "adc": 500, "t1_low_dose": 6, "t1_standard_dose": 7},
+    "philips": {
+        "t1_pre": 201,
+        "t1_map": 202,
+        "t2": 301,
+        "flair": 401,
+        "adc": 502,
+        "t1_low_dose": 601,
+        "t1_standard_dose": 701,
+    },
 }
+
+#: The quantitative T1 map's naming per vendor: (SeriesDescription suffix to the pre-contrast T1's, ImageType),
+#: as MP2RAGE-type reconstructions label their T1 maps (Siemens "..._T1_Images" with T1 MAP in ImageType).
+_T1_MAP_NAMING: dict[str, tuple[str, tuple[str, ...]]] = {
+    "siemens": ("_T1_Images", ("DERIVED", "PRIMARY", "T1 MAP", "ND")),
+    "ge": (" T1 MAP", ("DERIVED", "PRIMARY", "T1MAP")),
+    "philips": ("_T1map", ("DERIVED", "PRIMARY", "T1MAP", "T1")),
+}
+
+
+def _t1_map_plan(options: PhantomOptions, pre: SeriesPlan) -> SeriesPlan:
+    """The T1 map reconstructed from the pre-contrast 3D T1 acquisition: same grid, time and sequence; DERIVED."""
+    suffix, image_type = _T1_MAP_NAMING[options.vendor]
+    protocol = dataclasses.replace(
+        pre.protocol,
+        role="t1_map",
+        description=pre.protocol.description + suffix,
+        series_number=_SERIES_NUMBERS[options.vendor]["t1_map"],
+        image_type=image_type,
+    )
+    return dataclasses.replace(pre, role="t1_map", protocol=protocol)
 
 
 def _grid(options: PhantomOptions, kind: str) -> tuple[float, int, int, float, float]:
@@ -186,7 +216,8 @@ def plan_exam(
     weight_kg: float,
 ) -> list[SeriesPlan]:
     """Plan all six series in acquisition order (the caller writes those in ``options.roles``), so that times,
-    numbers and grids never depend on which series are written."""
+    numbers and grids never depend on which series are written; plus the T1 map when ``options.roles`` asks for
+    it (reconstructed from the pre-contrast T1, it takes no scanner time of its own)."""
     b = options.field_strength
     t1_seq, t1_tr, t1_ti, t1_te, t1_flip = _t1_physics(options)
     csf_t1 = tissue_params("csf", b).t1_ms
@@ -260,6 +291,8 @@ def plan_exam(
                 header_ti_ms=ti,
             )
         )
+    if "t1_map" in options.roles:
+        plans.insert(1, _t1_map_plan(options, plans[0]))
     return plans
 
 
