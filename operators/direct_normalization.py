@@ -8,6 +8,7 @@ import numpy as np
 
 from operators.model_manifest import NormalizationKind, NormalizationSpec
 from operators.normalization import EPS
+from operators.roles import QUANTITATIVE_SCALE
 
 __all__ = [
     "QUANTITATIVE_SCALE",
@@ -20,11 +21,6 @@ __all__ = [
     "normalize_target",
     "role_strategy",
 ]
-
-#: Quantitative maps are divided by a fixed physical constant, never by the study's own statistics (METHODS.md 5:
-#: quantitative T1 maps need no intensity normalization): T1 in ms / 4000 puts white matter near 0.2-0.3, grey
-#: matter near 0.3-0.45 and CSF near 1.1, at 1.5 T and 3 T alike.
-QUANTITATIVE_SCALE: dict[str, float] = {"t1_map": 4000.0}
 
 
 class DirectNormalization(Protocol):

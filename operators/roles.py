@@ -8,12 +8,18 @@ __all__ = [
     "AGENT_ALIASES",
     "AGENT_CONCENTRATION",
     "AGENT_R1",
+    "QUANTITATIVE_SCALE",
     "STANDARD_DOSE_MMOL_PER_KG",
     "Role",
     "canonical_agent",
     "dose_from_volume",
     "relaxivity",
 ]
+
+#: Quantitative maps are divided by a fixed physical constant, never by the study's own statistics (METHODS.md 5:
+#: quantitative T1 maps need no intensity normalization): T1 in ms / 4000 puts white matter near 0.2-0.3, grey
+#: matter near 0.3-0.45 and CSF near 1.1, at 1.5 T and 3 T alike.
+QUANTITATIVE_SCALE: dict[str, float] = {"t1_map": 4000.0}
 
 
 class Role(StrEnum):

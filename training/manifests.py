@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from operators.direct_normalization import QUANTITATIVE_SCALE
 from operators.model_manifest import (
     ConditionSpec,
     InputChannel,
@@ -24,7 +23,7 @@ from operators.model_manifest import (
     OutputSpec,
     TrainingTarget,
 )
-from operators.roles import Role
+from operators.roles import QUANTITATIVE_SCALE, Role
 from training.losses import sigmoid_target_params
 from training.networks import CONDITION_FEATURES, DIFFERENTIAL_INPUTS, DifferentialUNet, DirectUNet, describe_network
 

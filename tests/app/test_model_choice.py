@@ -66,6 +66,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
             name="ce-zerodose-v1", version="0.0.1", inputs=direct.config.inputs, spatial_divisor=4
         )
         write_model_folder(direct, root / "ce-zerodose-v1", fields)
+        with_map = DirectUNet(DirectUNetConfig.zero_dose(t1_map=True, base_width=4, levels=2)).eval()
+        fields = direct_manifest_fields(
+            name="ce-zerodose-t1map-v1", version="0.0.1", inputs=with_map.config.inputs, spatial_divisor=4
+        )
+        write_model_folder(with_map, root / "ce-zerodose-t1map-v1", fields)
     finally:
         torch.set_num_threads(threads)
     shutil.copytree(REPO / "models" / "ce-baseline-linear", root / "ce-baseline-linear")
@@ -288,19 +293,6 @@ class TestNamedModel:
 
 
 @pytest.fixture(scope="module")
-def t1_map_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models folder with a tiny untrained zero-dose network that reads the quantitative T1 map."""
-    root = tmp_path_factory.mktemp("t1map-models")
-    torch.manual_seed(0)
-    direct = DirectUNet(DirectUNetConfig.zero_dose(t1_map=True, base_width=4, levels=2)).eval()
-    fields = direct_manifest_fields(
-        name="ce-zerodose-t1map-v1", version="0.0.1", inputs=direct.config.inputs, spatial_divisor=4
-    )
-    write_model_folder(direct, root / "ce-zerodose-t1map-v1", fields)
-    return root
-
-
-@pytest.fixture(scope="module")
 def t1_map_study(tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
     """No contrast: T1 pre, its quantitative T1 map, T2 and FLAIR (GE naming)."""
     options = PhantomOptions(seed=24, size="small", vendor="ge", roles=("t1_pre", "t1_map", "t2", "flair"))
@@ -308,11 +300,19 @@ def t1_map_study(tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
 
 
 class TestT1MapModel:
+    def test_not_chosen_automatically(self, t1_map_study: PhantomStudy, models: Path) -> None:
+        """It does no better than ce-zerodose-v1 (README): a study with a T1 map still gets ce-zerodose-v1 unless
+        the T1-map model is named; the map is found and reported either way."""
+        choice = choose_model(t1_map_study.dicom_dir, models)
+        assert choice.require().name == "ce-zerodose-v1"
+        uid = t1_map_study.series["t1_map"].series_instance_uid
+        assert choice.info.roles_found["t1_map"].series_instance_uid == uid
+
     def test_runs_from_dicom_with_the_map_in_its_unit(
-        self, t1_map_study: PhantomStudy, t1_map_models: Path, tmp_path: Path, dciodvfy: str
+        self, t1_map_study: PhantomStudy, models: Path, tmp_path: Path, dciodvfy: str
     ) -> None:
         result = _run_app(
-            "-i", str(t1_map_study.dicom_dir), "-o", str(tmp_path), "-m", str(t1_map_models),
+            "-i", str(t1_map_study.dicom_dir), "-o", str(tmp_path), "-m", str(models),
             "--model-name", "ce-zerodose-t1map-v1",
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
@@ -330,10 +330,10 @@ class TestT1MapModel:
             assert not errors, f"{path}: {errors}"
 
     def test_a_study_without_a_map_is_refused_naming_it(
-        self, zero_dose: PhantomStudy, t1_map_models: Path, tmp_path: Path
+        self, zero_dose: PhantomStudy, models: Path, tmp_path: Path
     ) -> None:
         result = _run_app(
-            "-i", str(zero_dose.dicom_dir), "-o", str(tmp_path), "-m", str(t1_map_models),
+            "-i", str(zero_dose.dicom_dir), "-o", str(tmp_path), "-m", str(models),
             "--model-name", "ce-zerodose-t1map-v1",
         )  # fmt: skip
         assert result.returncode == 2, result.stderr[-2000:]

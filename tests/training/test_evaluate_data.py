@@ -80,3 +80,22 @@ def test_moved_series_keep_the_true_lesion_contrast(subject: SubjectImages) -> N
     acquired = float((subject.ld - subject.pc)[tissue].mean())
     expected = float((truth["x_ld"] - truth["x_pc"])[tissue].mean())
     assert acquired == pytest.approx(expected, rel=0.03)
+
+
+def test_t1_map_evaluation_adds_only_the_map(tmp_path: Path) -> None:
+    """`--t1-map` (automatic for a model that reads one) writes the map into each test study and changes nothing
+    else of the subject's options, so a model without it can be judged on the very same studies."""
+    from training.evaluate import EvaluationConfig
+    from training.evaluate_data import subject_options
+    from training.phantom.options import ALL_ROLES
+
+    plain = EvaluationConfig(model="m", test_set="phantom:1000-1001", out_dir=tmp_path, work_dir=tmp_path)
+    with_map = EvaluationConfig(
+        model="m", test_set="phantom:1000-1001", out_dir=tmp_path, work_dir=tmp_path, t1_map=True
+    )
+    a, b = subject_options(1000, plain), subject_options(1000, with_map)
+    assert a.roles == ALL_ROLES and b.roles == (*ALL_ROLES, "t1_map")
+    assert {k: v for k, v in a.to_dict().items() if k != "roles"} == {
+        k: v for k, v in b.to_dict().items() if k != "roles"
+    }
+    assert with_map.options_dict()["t1_map"] is True
