@@ -11,7 +11,6 @@ from operators.normalization import EPS
 from operators.roles import QUANTITATIVE_SCALE
 
 __all__ = [
-    "QUANTITATIVE_SCALE",
     "DirectNormalization",
     "FixedScaleNormalization",
     "IdentityNormalization",

@@ -42,6 +42,16 @@ def _series_dir(study: PhantomStudy, role: str) -> Path:
     return directory
 
 
+def _run_named(study: PhantomStudy, out: Path, models: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """`python -m app` on a study's DICOM folder with the model named (the automatic choice skipped)."""
+    return _run_app("-i", str(study.dicom_dir), "-o", str(out), "-m", str(models), "--model-name", name)
+
+
+def _dciodvfy_errors(dciodvfy: str, path: Path) -> list[str]:
+    result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
 def _report(folder: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((folder / REPORT_NAME).read_text())
     return data
@@ -218,8 +228,7 @@ class TestZeroDoseStudy:
         files = sorted(zero_dose_run.rglob("*.dcm"))
         assert files
         for path in files:
-            result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
-            errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+            errors = _dciodvfy_errors(dciodvfy, path)
             assert not errors, f"{path}: {errors}"
 
 
@@ -311,10 +320,7 @@ class TestT1MapModel:
     def test_runs_from_dicom_with_the_map_in_its_unit(
         self, t1_map_study: PhantomStudy, models: Path, tmp_path: Path, dciodvfy: str
     ) -> None:
-        result = _run_app(
-            "-i", str(t1_map_study.dicom_dir), "-o", str(tmp_path), "-m", str(models),
-            "--model-name", "ce-zerodose-t1map-v1",
-        )  # fmt: skip
+        result = _run_named(t1_map_study, tmp_path, models, "ce-zerodose-t1map-v1")
         assert result.returncode == 0, result.stderr[-3000:]
         report = _report(tmp_path)
         assert report["status"] == "ok"
@@ -325,17 +331,13 @@ class TestT1MapModel:
         ds = dcmread(synthetic[0])
         assert "SYNTHETIC" in ds.SeriesDescription and "ce-zerodose-t1map-v1" in ds.SeriesDescription
         for path in sorted(tmp_path.rglob("*.dcm"))[::7]:
-            checked = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
-            errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+            errors = _dciodvfy_errors(dciodvfy, path)
             assert not errors, f"{path}: {errors}"
 
     def test_a_study_without_a_map_is_refused_naming_it(
         self, zero_dose: PhantomStudy, models: Path, tmp_path: Path
     ) -> None:
-        result = _run_app(
-            "-i", str(zero_dose.dicom_dir), "-o", str(tmp_path), "-m", str(models),
-            "--model-name", "ce-zerodose-t1map-v1",
-        )  # fmt: skip
+        result = _run_named(zero_dose, tmp_path, models, "ce-zerodose-t1map-v1")
         assert result.returncode == 2, result.stderr[-2000:]
         assert "Traceback" not in result.stderr
         report = _report(tmp_path)
