@@ -111,7 +111,8 @@ def evaluate_summary(
     held_out_compare: list[str] = typer.Option(
         [],
         "--held-out-compare",
-        help="LABEL=FOLDER: another model's evaluation on the held-out set LABEL, shown beside it (repeatable).",
+        help="LABEL=FOLDER: another model's evaluation on the held-out set LABEL, shown beside it (repeatable, also "
+        "for one LABEL).",
     ),
     out: Path | None = typer.Option(None, "--out", help="Markdown file (default: <main>/SUMMARY.md)."),
     card: Path | None = typer.Option(None, "--card", help="Model folder whose MODEL_CARD.md Metrics section to fill."),
@@ -136,7 +137,7 @@ def evaluate_summary(
         for other_folder in compare:
             other = load_evaluation(other_folder)
             others[f"{other['model']['name']} {other['model']['version']}"] = other
-        beside: dict[str, tuple[str, dict[str, object]]] = {}
+        beside: dict[str, list[tuple[str, dict[str, object]]]] = {}
         for item in held_out_compare:
             label, sep, folder = item.partition("=")
             if not sep or label not in held:
@@ -144,7 +145,7 @@ def evaluate_summary(
                     f"--held-out-compare must be LABEL=FOLDER with a LABEL given to --held-out; found {item!r}"
                 )
             other = load_evaluation(Path(folder))
-            beside[label] = (f"{other['model']['name']} {other['model']['version']}", other)
+            beside.setdefault(label, []).append((f"{other['model']['name']} {other['model']['version']}", other))
         pairs = _training_pairs(card) if card is not None else None
         text = summary_markdown(document, held_out=held, compare=others, training_pairs=pairs, held_out_compare=beside)
         target = out or Path(document["_path"]).parent / "SUMMARY.md"

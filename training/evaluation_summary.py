@@ -160,7 +160,7 @@ def summary_markdown(
     held_out: Mapping[str, Document] | None = None,
     compare: Mapping[str, Document] | None = None,
     training_pairs: Sequence[tuple[str, float]] | None = None,
-    held_out_compare: Mapping[str, tuple[str, Document]] | None = None,
+    held_out_compare: Mapping[str, Sequence[tuple[str, Document]]] | None = None,
 ) -> str:
     """Markdown: the main test set beside baselines and other models, subgroups, and each held-out set.
 
@@ -175,8 +175,8 @@ def summary_markdown(
     training_pairs:
         (agent, field strength) pairs the model was trained on; main-set subjects outside them are marked.
     held_out_compare:
-        Held-out label -> (model name, that model's evaluation on the same held-out set): shown beside it, with the
-        change and its standard error.
+        Held-out label -> [(model name, that model's evaluation on the same held-out set), ...]: each shown beside
+        it, with the change and its standard error.
     """
     name = main["model"]["name"]
     lines = [
@@ -248,8 +248,7 @@ def summary_markdown(
         changes: list[str] = []
         for label, document in held_out.items():
             others = [(label, document)]
-            if held_out_compare and label in held_out_compare:
-                other_name, other_document = held_out_compare[label]
+            for other_name, other_document in (held_out_compare or {}).get(label, []):
                 if other_document["test_set"] != document["test_set"]:
                     raise ValueError(f"{other_name} on {label!r} was evaluated on {other_document['test_set']}")
                 others.append((f"{label}: {other_name}", other_document))
