@@ -240,7 +240,10 @@ def _uncertainty(pipeline: Pipeline, job: Job) -> None:
 
     work = _need(results.synthetic_work or results.synthetic, "synthetic")  # the grid the model ran on
     contrast = sitk.GetArrayFromImage(work.enhancement)
-    results.uncertainty = uncertainty_map(model, contrast, _need(results.normalized, "normalized"), work.mask)
+    synthetic = sitk.GetArrayFromImage(work.synthetic)
+    results.uncertainty = uncertainty_map(
+        model, contrast, _need(results.normalized, "normalized"), work.mask, synthetic
+    )
     summary = results.uncertainty.summary
     logger.info(
         "job %s: uncertainty std median %.3g, p95 %.3g in the brain; low confidence %.2f ml (%.2f %% of the brain)",

@@ -207,11 +207,29 @@ class TrainingTarget(_Strict):
 
 
 class PostprocessSpec(_Strict):
-    """Enhancement mask for the SEG: brain & (y > threshold_sigma * noise of y), components >= min_voxels."""
+    """How the model output becomes the synthetic images and the enhancement mask.
+
+    The mask for the SEG is brain & (y > threshold_sigma * noise of y), components >= min_voxels.
+
+    average_low_dose:
+        Low-dose models: where the predicted contrast y is 0, the synthetic image is the mean of x_PC and the
+        registered x_LD instead of x_PC alone, two acquisitions of the same unenhanced tissue, so its noise
+        variance is about halved; the weight of x_LD falls linearly to 0 as y rises to the enhancement threshold,
+        so the low dose's own contrast is not added twice. Without it (every model before issue 12's 1.3.0) the
+        synthetic image is x_PC + y and keeps x_PC's noise voxel for voxel.
+    """
 
     threshold_sigma: float = Field(default=3.0, gt=0.0)
     min_voxels: int = Field(default=3, ge=1)
     clip_negative: bool = True
+    average_low_dose: bool = False
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.average_low_dose:
+            data.pop("average_low_dose", None)  # manifests written before the field existed keep their bytes
+        return data
 
 
 class ModelManifest(_Strict):

@@ -16,7 +16,15 @@ from operators.inference import Prediction
 from operators.model_inputs import NormalizedInputs
 from operators.model_manifest import NormalizationKind, OutputMeaning, OutputScale
 
-__all__ = ["BRAIN_MARGIN_MM", "SyntheticResult", "brain_region", "contrast_signal", "enhancement_mask", "postprocess"]
+__all__ = [
+    "BRAIN_MARGIN_MM",
+    "SyntheticResult",
+    "brain_region",
+    "contrast_signal",
+    "enhancement_mask",
+    "low_dose_average",
+    "postprocess",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +42,8 @@ class SyntheticResult:
     Parameters
     ----------
     synthetic:
-        x_SD~ = x_PC + y, the synthetic standard-dose image.
+        x_SD~ = x_PC + y, the synthetic standard-dose image (with ``average_low_dose``, plus the part of
+        (x_LD - x_PC) / 2 where y is below the enhancement threshold: see :func:`low_dose_average`).
     beyond:
         x_SD+~ = x_LD + y (beyond standard dose), or None without a low-dose input.
     enhancement:
@@ -169,6 +178,21 @@ def brain_region(brain: np.ndarray, spacing_zyx: tuple[float, float, float], mar
     return region
 
 
+def low_dose_average(
+    x_pc: np.ndarray, x_ld: np.ndarray, y: np.ndarray, threshold: float, region: np.ndarray
+) -> np.ndarray:
+    """What averaging the unenhanced tissue of x_PC and x_LD adds to x_PC + y: w * (x_LD - x_PC) / 2 in ``region``.
+
+    w = clip(1 - y / threshold, 0, 1): 1 where the model predicts no contrast (there x_PC and x_LD are two
+    acquisitions of the same tissue, and their mean has about half the noise variance of either), 0 from the
+    enhancement threshold up (there x_LD holds contrast of its own, which y already accounts for). Outside
+    ``region`` it is 0, so the synthetic image stays the source there.
+    """
+    weight = np.clip(1.0 - y / np.float32(threshold), 0.0, 1.0).astype(np.float32)
+    weight[~region] = 0.0
+    return np.asarray(weight * (x_ld - x_pc) * np.float32(0.5), dtype=np.float32)
+
+
 def postprocess(prediction: Prediction, normalized: NormalizedInputs) -> SyntheticResult:
     """Turn the model output into the synthetic images and the enhancement mask, on t1_pre's grid and scale.
 
@@ -185,12 +209,6 @@ def postprocess(prediction: Prediction, normalized: NormalizedInputs) -> Synthet
     post = manifest.postprocess
     region = brain_region(normalized.brain, _spacing_zyx(normalized.reference), BRAIN_MARGIN_MM)
     y = np.where(region, contrast_signal(prediction, normalized), np.float32(0.0))
-    synthetic = normalized.x_pc + y
-    beyond = normalized.x_ld + y if normalized.x_ld is not None else None
-    if post.clip_negative:
-        np.copyto(synthetic, np.maximum(synthetic, 0.0), where=region)
-        if beyond is not None:
-            np.copyto(beyond, np.maximum(beyond, 0.0), where=region)
     mask, threshold, sigma, source = enhancement_mask(
         y,
         normalized.brain,
@@ -198,6 +216,16 @@ def postprocess(prediction: Prediction, normalized: NormalizedInputs) -> Synthet
         min_voxels=post.min_voxels,
         fallback_sigma=normalized.noise_sigma_source,
     )
+    synthetic = normalized.x_pc + y
+    averaged = post.average_low_dose and normalized.x_ld is not None and threshold > 0
+    if averaged:
+        assert normalized.x_ld is not None
+        synthetic += low_dose_average(normalized.x_pc, normalized.x_ld, y, threshold, region)
+    beyond = normalized.x_ld + y if normalized.x_ld is not None else None
+    if post.clip_negative:
+        np.copyto(synthetic, np.maximum(synthetic, 0.0), where=region)
+        if beyond is not None:
+            np.copyto(beyond, np.maximum(beyond, 0.0), where=region)
     voxel_ml = float(np.prod(normalized.reference.GetSpacing())) / 1000.0
     params: dict[str, Any] = {
         "output_meaning": manifest.output.meaning.value,
@@ -210,6 +238,7 @@ def postprocess(prediction: Prediction, normalized: NormalizedInputs) -> Synthet
         "enhancing_voxels": int(mask.sum()),
         "enhancing_ml": float(mask.sum()) * voxel_ml,
         "min_voxels": post.min_voxels,
+        "average_low_dose": bool(averaged),
         "seconds": 0.0,
     }
     params["seconds"] = time.perf_counter() - started

@@ -12,9 +12,10 @@ The features are computed from what the pipeline already has, at no extra networ
 magnitude (raw and smoothed), its disagreement with the smoothed linear dose scaling of the acquired low-dose
 difference and that difference itself (low-dose models), the local noise of the subtraction, and the pre-contrast
 noise the synthetic image inherits (the residual of a 3x3x3 median filter: the synthetic image is x_PC + y, so its
-error holds x_PC's noise voxel for voxel). On the 1 mm phantom test set this model tracks the error better than the
-spread over 8 flipped passes or over noise-perturbed inputs, at a few seconds instead of 6 to 8 network passes
-(``evaluation/uncertainty/``).
+error holds x_PC's noise voxel for voxel; with ``average_low_dose`` it is the mean of x_PC and x_LD outside the
+enhancement, and the residual is taken of that mean). On the 1 mm phantom test set this model tracks the error
+better than the spread over 8 flipped passes or over noise-perturbed inputs, at a few seconds instead of 6 to 8
+network passes (``evaluation/uncertainty/``).
 
 The low-confidence region is the brain where the std, smoothed over 2 mm, exceeds the model's threshold
 (``low_confidence_std``, as a fraction of t1_pre's brain 95th percentile).
@@ -64,7 +65,8 @@ FEATURES: dict[str, str] = {
     f"(Gaussian {SMOOTHING_VOXELS:g} voxel; low-dose models)",
     "local_noise": "local noise sigma of the low-dose subtraction scaled by 1 / d (low-dose models)",
     "low_dose_difference": "|x_LD - x_PC| / d at the voxel, unsmoothed (low-dose models)",
-    "pre_residual": "|x_PC - its 3x3x3 median|: the pre-contrast noise the synthetic image inherits",
+    "pre_residual": "|x_PC - its 3x3x3 median| (with average_low_dose: of the x_PC / x_LD mean): the noise the "
+    "synthetic image inherits",
 }
 
 _GAUSS = math.sqrt(math.pi / 2.0)
@@ -149,14 +151,24 @@ def load_uncertainty_model(model_dir: Path) -> UncertaintyModel | None:
     return UncertaintyModel.from_file(path) if path.is_file() else None
 
 
-def error_features(contrast: np.ndarray, normalized: NormalizedInputs) -> dict[str, np.ndarray]:
-    """The features of :data:`FEATURES` that the model's inputs allow, from the predicted contrast (t1_pre units)."""
+def error_features(
+    contrast: np.ndarray, normalized: NormalizedInputs, synthetic: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The features of :data:`FEATURES` that the model's inputs allow, from the predicted contrast (t1_pre units).
+
+    ``synthetic`` (the synthetic image on the same grid) matters only for models whose post-processing averages
+    x_PC with x_LD (``average_low_dose``): the noise the synthetic image inherits is then that of the average,
+    synthetic - contrast, rather than x_PC's.
+    """
     contrast = contrast.astype(np.float32, copy=False)
     x_pc = normalized.x_pc.astype(np.float32, copy=False)
+    base = x_pc
+    if synthetic is not None and normalized.manifest.postprocess.average_low_dose:
+        base = synthetic.astype(np.float32, copy=False) - contrast
     features = {
         "abs_contrast": np.abs(contrast),
         "abs_contrast_smooth": np.abs(ndimage.gaussian_filter(contrast, SMOOTHING_VOXELS)),
-        "pre_residual": _median_residual(x_pc, normalized.brain),
+        "pre_residual": _median_residual(base, normalized.brain),
     }
     dose = _low_dose(normalized)
     if normalized.x_ld is not None and dose is not None:
@@ -192,13 +204,17 @@ def _low_dose(normalized: NormalizedInputs) -> float | None:
 
 
 def uncertainty_map(
-    model: UncertaintyModel, contrast: np.ndarray, normalized: NormalizedInputs, enhancement: np.ndarray
+    model: UncertaintyModel,
+    contrast: np.ndarray,
+    normalized: NormalizedInputs,
+    enhancement: np.ndarray,
+    synthetic: np.ndarray | None = None,
 ) -> UncertaintyMap:
     """The std map, the low-confidence region (brain where std > threshold) and report.json's summary figures."""
     started = time.perf_counter()
     brain = np.asarray(normalized.brain, dtype=bool)
     scale = float(np.percentile(normalized.x_pc[brain], 95)) if brain.any() else 1.0
-    std = model.std(error_features(contrast, normalized), scale)
+    std = model.std(error_features(contrast, normalized, synthetic), scale)
     std[~brain] = 0.0  # the model says nothing outside the brain; the synthetic image is the source there
     threshold = model.low_confidence_std * scale
     # the region: the std averaged over a few millimetres, so the pre-contrast noise speckle in the map does not

@@ -21,6 +21,7 @@ from operators.model_manifest import (
     OutputMeaning,
     OutputScale,
     OutputSpec,
+    PostprocessSpec,
     TrainingTarget,
 )
 from operators.roles import QUANTITATIVE_SCALE, Role
@@ -161,6 +162,8 @@ def differential_manifest_fields(
         "patch_overlap": patch_overlap,
         "spatial_divisor": spatial_divisor,
         "target": TrainingTarget(sigmoid_w=w, sigmoid_b=b),
+        # unenhanced tissue: the mean of x_PC and x_LD (half the noise variance), since ce-lowdose-v1 1.3.0
+        "postprocess": PostprocessSpec(average_low_dose=True),
     }
 
 

@@ -27,6 +27,18 @@ _MODE_TEXT = {
     "input; clinically weaker than the low-dose modes (METHODS.md section 1)",
 }
 
+
+def _mode_text(manifest: ModelManifest) -> str:
+    text = _MODE_TEXT[manifest.mode]
+    if manifest.postprocess.average_low_dose:
+        text += (
+            "; where y is below the enhancement threshold, the standard-dose equivalent is averaged with x_LD "
+            "(x_PC + y + w (x_LD - x_PC) / 2, w falling from 1 at y = 0 to 0 at the threshold): two acquisitions of "
+            "the same unenhanced tissue, about half the noise variance"
+        )
+    return text
+
+
 _COMMON_LIMITS = (
     "Trained on synthetic phantoms: performance on real scanners, vendors, sequences and pathologies is unknown "
     "until it is evaluated on real data.",
@@ -127,7 +139,7 @@ def render_model_card(
         "",
         f"**What it is.** {manifest.description}",
         "",
-        f"Mode: {_MODE_TEXT[manifest.mode]}. Network: `{kind}` ({config_text}); {parameters:,} parameters.",
+        f"Mode: {_mode_text(manifest)}. Network: `{kind}` ({config_text}); {parameters:,} parameters.",
         "",
         f"**Intended use.** {manifest.intended_use}",
         "",

@@ -105,7 +105,7 @@ def _subject(seed: int, config: CalibrationConfig, pipeline: Any, *, sampling: b
     keep = brain & (np.random.default_rng(seed).random(brain.shape) < KEEP_FRACTION)
     error = np.abs(synthetic - images.truth["x_sd"])
     started = time.perf_counter()
-    features = error_features(contrast, normalized)
+    features = error_features(contrast, normalized, synthetic)
     scale = float(np.percentile(normalized.x_pc[normalized.brain], 95))
     seconds: dict[str, float] = {"calibrated": time.perf_counter() - started}  # what the error model costs
     entry: dict[str, Any] = {

@@ -362,6 +362,9 @@ class TestSameAsBefore:
     added, and the report gained ``extra/ood``, ``extra/uncertainty`` and the stages assess_inputs and uncertainty.
     The report golden changed once more when the selector learned the Enhanced MR term ``T1_MAP`` (issue 15): each
     series' "not quantitative T1 map" reason names one more ImageType value it lacks; no pixel changed.
+    Both goldens were regenerated from a run of ce-lowdose-v1 1.3.0, which replaced 1.2.0 as the default (issue 12):
+    new weights, and its manifest turns on the low-dose averaging, so every pixel of the synthetic series changed;
+    the report gained ``extra/postprocess/average_low_dose`` and the model-dependent figures changed.
     """
 
     def test_pixel_data_is_byte_for_byte_the_same(self, map_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

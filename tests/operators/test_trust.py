@@ -154,6 +154,22 @@ class TestErrorModel:
         # with no predicted contrast the disagreement is the smoothed linear scaling itself: large in the spheres
         assert float(features["linear_disagreement"].max()) > 100.0
 
+    def test_inherited_noise_follows_the_low_dose_average(self, normalized: NormalizedInputs) -> None:
+        """With ``average_low_dose`` the synthetic image carries the x_PC / x_LD mean's noise, not x_PC's."""
+        assert normalized.x_ld is not None
+        contrast = np.zeros(normalized.x_pc.shape, dtype=np.float32)
+        mean = (normalized.x_pc + normalized.x_ld) / 2
+        plain = error_features(contrast, normalized, mean)["pre_residual"]  # no averaging: x_PC whatever is passed
+        np.testing.assert_array_equal(plain, error_features(contrast, normalized)["pre_residual"])
+        post = normalized.manifest.postprocess.model_copy(update={"average_low_dose": True})
+        averaging = NormalizedInputs(
+            **{**normalized.__dict__, "manifest": normalized.manifest.model_copy(update={"postprocess": post})}
+        )
+        averaged = error_features(contrast, averaging, mean)["pre_residual"]
+        as_if_acquired = NormalizedInputs(**{**normalized.__dict__, "x_pc": mean})  # the mean in x_PC's place
+        np.testing.assert_array_equal(averaged, error_features(contrast, as_if_acquired)["pre_residual"])
+        assert not np.array_equal(averaged, plain)
+
     def test_std_is_the_gaussian_scale_of_the_mean_absolute_error(self) -> None:
         features = {
             "abs_contrast": np.array([0.0, 100.0], np.float32),
