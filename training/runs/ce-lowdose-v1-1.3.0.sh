@@ -33,13 +33,8 @@ ARGS=(
   --checkpoint-every 50 --val-every 100 --cache var/train/cache-mm --overwrite --no-progress
 )
 
-start() {
-  [ -f "$START/ce-lowdose-v1/model.onnx" ] && return
-  mkdir -p "$START/ce-lowdose-v1"
-  for f in MODEL_CARD.md manifest.json model.onnx model.onnx.sha256 training.json; do
-    git show "89671ef:models/ce-lowdose-v1/$f" > "$START/ce-lowdose-v1/$f"
-  done
-}
+. training/runs/released-model.sh
+start() { released_model 89671ef ce-lowdose-v1 "$START/ce-lowdose-v1"; }
 
 case "${1:-}" in
   prepare)

@@ -29,13 +29,8 @@ COMMON=(
   --init-from "$PREVIOUS/ce-lowdose-v1" "${DATA[@]}"
 )
 
-previous() {
-  [ -f "$PREVIOUS/ce-lowdose-v1/model.onnx" ] && return
-  mkdir -p "$PREVIOUS/ce-lowdose-v1"
-  for f in MODEL_CARD.md manifest.json model.onnx model.onnx.sha256 training.json; do
-    git show "515cc86:models/ce-lowdose-v1/$f" > "$PREVIOUS/ce-lowdose-v1/$f"
-  done
-}
+. training/runs/released-model.sh
+previous() { released_model 515cc86 ce-lowdose-v1 "$PREVIOUS/ce-lowdose-v1"; }
 
 case "${1:-}" in
   prepare)
@@ -73,12 +68,7 @@ case "${1:-}" in
     name=$([ "$1" = direct ] && echo ce-lowdose-direct-v1 || echo ce-zerodose-v1)
     work="var/train/$name-1mm"
     start="var/models-4mm/$name"
-    if [ ! -f "$start/model.onnx" ]; then
-      mkdir -p "$start"
-      for f in MODEL_CARD.md manifest.json model.onnx model.onnx.sha256 training.json; do
-        git show "a5f4841:models/$name/$f" > "$start/$f"
-      done
-    fi
+    released_model a5f4841 "$name" "$start"
     resume=()
     [ -f "$work/checkpoints/last.pt" ] && resume=(--resume "$work/checkpoints/last.pt")
     # a new major version: the output range changed
