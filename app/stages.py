@@ -240,7 +240,7 @@ def _uncertainty(pipeline: Pipeline, job: Job) -> None:
 
     work = _need(results.synthetic_work or results.synthetic, "synthetic")  # the grid the model ran on
     contrast = sitk.GetArrayFromImage(work.enhancement)
-    synthetic = sitk.GetArrayFromImage(work.synthetic)
+    synthetic = sitk.GetArrayViewFromImage(work.synthetic)  # read only: no copy of the volume
     results.uncertainty = uncertainty_map(
         model, contrast, _need(results.normalized, "normalized"), work.mask, synthetic
     )

@@ -7,7 +7,7 @@ import json
 import logging
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -110,6 +110,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _LaterFields(_Strict):
+    """A block that gained fields after manifests were first written: those fields are left out of the JSON while
+    they hold their default, so manifests written before them keep their bytes."""
+
+    _ADDED_LATER: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in self._ADDED_LATER:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name, None)
+        return data
+
+
 class InputChannel(_Strict):
     """One input channel, in tensor order."""
 
@@ -117,7 +132,7 @@ class InputChannel(_Strict):
     meaning: str = ""
 
 
-class NormalizationSpec(_Strict):
+class NormalizationSpec(_LaterFields):
     """Parameters of the normalization (defaults follow METHODS.md).
 
     Parameters
@@ -171,12 +186,7 @@ class NormalizationSpec(_Strict):
     mask_outside_brain: bool = False
     target_max: float = Field(default=1.0, ge=1.0, le=10.0)
 
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if self.target_max == 1.0:
-            data.pop("target_max", None)  # manifests written before the field existed keep their bytes
-        return data
+    _ADDED_LATER: ClassVar[tuple[str, ...]] = ("target_max",)
 
 
 class ConditionSpec(_Strict):
@@ -206,7 +216,7 @@ class TrainingTarget(_Strict):
     sigmoid_b: float
 
 
-class PostprocessSpec(_Strict):
+class PostprocessSpec(_LaterFields):
     """How the model output becomes the synthetic images and the enhancement mask.
 
     The mask for the SEG is brain & (y > threshold_sigma * noise of y), components >= min_voxels.
@@ -224,12 +234,7 @@ class PostprocessSpec(_Strict):
     clip_negative: bool = True
     average_low_dose: bool = False
 
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if not self.average_low_dose:
-            data.pop("average_low_dose", None)  # manifests written before the field existed keep their bytes
-        return data
+    _ADDED_LATER: ClassVar[tuple[str, ...]] = ("average_low_dose",)
 
 
 class ModelManifest(_Strict):

@@ -217,10 +217,10 @@ def postprocess(prediction: Prediction, normalized: NormalizedInputs) -> Synthet
         fallback_sigma=normalized.noise_sigma_source,
     )
     synthetic = normalized.x_pc + y
-    averaged = post.average_low_dose and normalized.x_ld is not None and threshold > 0
-    if averaged:
-        assert normalized.x_ld is not None
-        synthetic += low_dose_average(normalized.x_pc, normalized.x_ld, y, threshold, region)
+    x_ld = normalized.x_ld
+    averaged = post.average_low_dose and x_ld is not None and threshold > 0
+    if averaged and x_ld is not None:
+        synthetic += low_dose_average(normalized.x_pc, x_ld, y, threshold, region)
     beyond = normalized.x_ld + y if normalized.x_ld is not None else None
     if post.clip_negative:
         np.copyto(synthetic, np.maximum(synthetic, 0.0), where=region)

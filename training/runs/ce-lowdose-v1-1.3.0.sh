@@ -33,7 +33,7 @@ ARGS=(
   --checkpoint-every 50 --val-every 100 --cache var/train/cache-mm --overwrite --no-progress
 )
 
-. training/runs/released-model.sh
+. training/runs/common.sh
 start() { released_model 89671ef ce-lowdose-v1 "$START/ce-lowdose-v1"; }
 
 case "${1:-}" in
@@ -42,9 +42,8 @@ case "${1:-}" in
     $BIN/gadsynth train "${ARGS[@]}" --prepare-only ;;
   train)
     start
-    resume=()
-    [ -f "$RUN/checkpoints/last.pt" ] && resume=(--resume "$RUN/checkpoints/last.pt")
-    $BIN/gadsynth train "${ARGS[@]}" "${resume[@]}" ;;
+    resume_args "$RUN"
+    $BIN/gadsynth train "${ARGS[@]}" "${RESUME[@]}" ;;
   evaluate)
     # The same sets as 1.2.0 (training/runs/ce-lowdose-v1-1mm.sh evaluate); 1.2.0's results move to
     # evaluation/ce-lowdose-v1-1.2.0 when this model is released, 1.1.0's stay in evaluation/ce-lowdose-v1-1.1.0.

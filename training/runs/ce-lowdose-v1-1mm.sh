@@ -29,7 +29,7 @@ COMMON=(
   --init-from "$PREVIOUS/ce-lowdose-v1" "${DATA[@]}"
 )
 
-. training/runs/released-model.sh
+. training/runs/common.sh
 previous() { released_model 515cc86 ce-lowdose-v1 "$PREVIOUS/ce-lowdose-v1"; }
 
 case "${1:-}" in
@@ -38,9 +38,8 @@ case "${1:-}" in
     $BIN/gadsynth train "${COMMON[@]}" --prepare-only ;;
   train)
     previous
-    resume=()
-    [ -f "$RUN/checkpoints/last.pt" ] && resume=(--resume "$RUN/checkpoints/last.pt")
-    $BIN/gadsynth train "${COMMON[@]}" "${resume[@]}" ;;
+    resume_args "$RUN"
+    $BIN/gadsynth train "${COMMON[@]}" "${RESUME[@]}" ;;
   evaluate)
     # The new model: main set at 1 mm (12 subjects, seeds never trained on), the 4 mm set and the held-out sets
     # (4 mm, as 1.1.0's). 1.1.0 beside it on the same sets, on the whole volume as it was released.
@@ -69,11 +68,10 @@ case "${1:-}" in
     work="var/train/$name-1mm"
     start="var/models-4mm/$name"
     released_model a5f4841 "$name" "$start"
-    resume=()
-    [ -f "$work/checkpoints/last.pt" ] && resume=(--resume "$work/checkpoints/last.pt")
+    resume_args "$work"
     # a new major version: the output range changed
     $BIN/gadsynth train --model "$1" --out "$OUT/$name" --version "${VERSION:-2.0.0}" --work "$work" \
-      --init-from "$start" --width 8 --target-max 4 "${DATA[@]}" "${resume[@]}" ;;
+      --init-from "$start" --width 8 --target-max 4 "${DATA[@]}" "${RESUME[@]}" ;;
   *)
     echo "usage: $0 prepare|train|evaluate|direct|zerodose" >&2; exit 2 ;;
 esac

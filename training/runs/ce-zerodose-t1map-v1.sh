@@ -11,17 +11,16 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=.venv/bin
 OUT=var/train/out
+. training/runs/common.sh
 
 case "${1:-}" in
   train)
-    resume=()
-    last=var/train/ce-zerodose-t1map-v1/checkpoints/last.pt
-    [ -f "$last" ] && resume=(--resume "$last")
+    resume_args var/train/ce-zerodose-t1map-v1
     "$BIN/gadsynth" train --model zerodose-t1map --out "$OUT/ce-zerodose-t1map-v1" --version 1.0.0 \
       --steps 1600 --batch 8 --patch 64 --data phantom:0-59 --val phantom:5000-5001 \
       --lr 3e-4 --lr-min 1e-6 --seed 0 --width 8 --depth 4 --target-max 1 --threads 2 \
       --checkpoint-every 100 --val-every 64 --exclude-pair gadobenate@1.5 --exclude-pair gadobutrol@3 \
-      --no-progress "${resume[@]}"
+      --no-progress "${RESUME[@]}"
     ;;
   evaluate)
     for model in ce-zerodose-t1map-v1 ce-zerodose-v1; do
