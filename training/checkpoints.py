@@ -20,6 +20,7 @@ __all__ = [
     "checkpoint_state",
     "initialize_from",
     "load_checkpoint",
+    "recorded_memory_format",
     "resume_from",
     "save_checkpoint",
     "save_step",
@@ -41,8 +42,10 @@ def checkpoint_state(
     gamma_ratios: Mapping[str, float],
     timing: Mapping[str, float],
     devices: list[str],
+    memory_format: str = "contiguous",
 ) -> dict[str, Any]:
-    """Everything a run needs to continue bit-identically after ``step`` optimizer steps (CPU runs)."""
+    """Everything a run needs to continue bit-identically after ``step`` optimizer steps (CPU runs), and the
+    ``memory_format`` it trains in (the layout it must continue in to stay so)."""
     return {
         "format": CHECKPOINT_FORMAT,
         "step": step,
@@ -56,7 +59,13 @@ def checkpoint_state(
         "gamma_ratios": dict(gamma_ratios),
         "timing": dict(timing),
         "devices": devices,
+        "memory_format": memory_format,
     }
+
+
+def recorded_memory_format(state: Mapping[str, Any]) -> str:
+    """The layout a checkpoint's run trained in (``contiguous`` for checkpoints from before the option)."""
+    return str(state.get("memory_format", "contiguous"))
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> Path:
@@ -109,16 +118,20 @@ def resume_from(
     network: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint of the same run into the network, optimizer, scheduler and torch's RNG; return it (the
-    caller takes the history, the sampler's gamma ratios, the timing and the step from it).
+    caller takes the history, the sampler's gamma ratios, the timing and the step from it). ``state``: the
+    checkpoint already read from ``path`` (it is read otherwise).
 
     Raises
     ------
     ValueError
         When the file is not a checkpoint, or ``config`` differs from the checkpointed run's ``identity()``.
     """
-    state = load_checkpoint(path)
+    if state is None:
+        state = load_checkpoint(path)
     _check_resumable(state, config, Path(path))
     network.load_state_dict(state["network"])
     optimizer.load_state_dict(state["optimizer"])

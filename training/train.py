@@ -25,6 +25,7 @@ from training.checkpoints import (
     checkpoint_state,
     initialize_from,
     load_checkpoint,
+    recorded_memory_format,
     resume_from,
     save_step,
 )
@@ -81,17 +82,31 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _tensors(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: torch.from_numpy(value).to(device, non_blocking=True) for key, value in batch.items()}
+def _tensors(batch: Batch, device: torch.device, layout: torch.memory_format) -> dict[str, torch.Tensor]:
+    tensors = {key: torch.from_numpy(value).to(device, non_blocking=True) for key, value in batch.items()}
+    return {key: t.contiguous(memory_format=layout) if t.ndim == 5 else t for key, t in tensors.items()}
 
 
 def _device_of(network: torch.nn.Module) -> torch.device:
     return next(network.parameters()).device
 
 
+def _layout_of(network: torch.nn.Module) -> torch.memory_format:
+    """The layout the network's 5-D weights are in (its inputs are given the same)."""
+    for parameter in network.parameters():
+        if (
+            parameter.ndim == 5
+            and not parameter.is_contiguous()
+            and parameter.is_contiguous(memory_format=torch.channels_last_3d)
+        ):
+            return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def batch_loss(network: torch.nn.Module, batch: Batch, loss: LossConfig) -> torch.Tensor:
-    """The loss of one batch on the network's device (the network gets the condition only when the batch has one)."""
-    tensors = _tensors(batch, _device_of(network))
+    """The loss of one batch on the network's device and in its layout (the network gets the condition only when
+    the batch has one)."""
+    tensors = _tensors(batch, _device_of(network), _layout_of(network))
     prediction = network(tensors["image"], tensors.get("condition"))
     return compute_loss(loss, prediction, tensors["target"], brain=tensors["brain"], p=tensors["p"])
 
@@ -232,15 +247,17 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
         network = build_network(network_config(config))
         if config.init_from is not None and resume is None:
             initialize_from(network, network_config(config), Path(config.init_from))
-        network = network.to(device)
+        resumed = load_checkpoint(resume) if resume is not None else None
+        layout = config.torch_memory_format(device, recorded_memory_format(resumed) if resumed else None)
+        network = network.to(device).to(memory_format=layout)  # type: ignore[call-overload]  # torch's stubs lack it
         optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, betas=(0.9, 0.999))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr_min)
         history: dict[str, Any] = {"train": [], "val": []}
         timing = {"data": 0.0, "compute": 0.0, "steps": 0}
         devices: list[str] = []
         start = 0
-        if resume is not None:
-            state = resume_from(resume, config, network, optimizer, scheduler)
+        if resume is not None and resumed is not None:
+            state = resume_from(resume, config, network, optimizer, scheduler, state=resumed)
             history = {"train": list(state["history"]["train"]), "val": list(state["history"]["val"])}
             sampler.gamma_ratios.update(state["gamma_ratios"])
             timing.update(state.get("timing", {}))
@@ -254,7 +271,7 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
         network.train()
         checkpoint = config.work / "checkpoints" / "last.pt"
         if start < config.steps:
-            devices.append(_describe_device(device))
+            devices.append(_describe_device(device, layout))
         bar = tqdm(
             total=config.steps, initial=start, desc=f"train {config.name}", unit="step", disable=not config.progress
         )
@@ -296,11 +313,13 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
                         gamma_ratios=sampler.gamma_ratios,
                         timing=timing,
                         devices=devices,
+                        memory_format=_LAYOUT_NAMES[layout],
                     )
                     checkpoint = save_step(config.work / "checkpoints", state)
         finally:
             bar.close()
-        network = network.cpu().eval()
+        # export (and the ONNX check) in the usual layout
+        network = network.cpu().to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
         seconds_per_step = (timing["data"] + timing["compute"]) / max(timing["steps"], 1)
         gamma = _gamma(config, sampler)
         history["timing"] = {
@@ -317,10 +336,15 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
     return TrainResult(exported, checkpoint, history, gamma, seconds_per_step)
 
 
-def _describe_device(device: torch.device) -> str:
+_LAYOUT_NAMES = {torch.channels_last_3d: "channels_last", torch.contiguous_format: "contiguous"}
+
+
+def _describe_device(device: torch.device, layout: torch.memory_format = torch.contiguous_format) -> str:
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA, torch {torch.__version__})"
-    return f"CPU, {torch.get_num_threads()} threads (torch {torch.__version__})"
+        described = f"{torch.cuda.get_device_name(device)} (CUDA, torch {torch.__version__})"
+    else:
+        described = f"CPU, {torch.get_num_threads()} threads (torch {torch.__version__})"
+    return described + (", channels_last" if layout == torch.channels_last_3d else "")
 
 
 def _gamma(config: TrainConfig, sampler: PatchSampler) -> float | None:

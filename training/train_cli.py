@@ -94,6 +94,13 @@ def train(
         typer.Option(help="With --prepare-only: also copy the run's samples here, compact, to train elsewhere."),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto (CUDA when available).")] = "cpu",
+    memory_format: Annotated[
+        str,
+        typer.Option(
+            help="auto (channels_last on a CPU, where 3-D convolutions train 2.5-3x faster), contiguous or "
+            "channels_last; a resumed run keeps its checkpoint's layout."
+        ),
+    ] = "auto",
     init_from: Annotated[
         Path | None,
         typer.Option(help="Start from a checkpoint or a model folder with the same network (fine-tuning)."),
@@ -149,6 +156,7 @@ def train(
             overwrite=overwrite,
             progress=progress,
             device=device,
+            memory_format=memory_format,  # type: ignore[arg-type]  # checked by TrainConfig
             init_from=init_from,
         )
         config.loss_config  # noqa: B018  # validates --loss before any data is prepared

@@ -23,6 +23,7 @@ from training.networks import (
 
 __all__ = [
     "DEFAULT_WORK_ROOT",
+    "MemoryFormat",
     "ModelKind",
     "TrainConfig",
     "manifest_fields",
@@ -33,6 +34,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ModelKind = Literal["differential", "direct", "zerodose", "zerodose-t1map"]
+MemoryFormat = Literal["auto", "contiguous", "channels_last"]
+_MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
 _MODEL_KINDS: tuple[str, ...] = ("differential", "direct", "zerodose", "zerodose-t1map")
 #: Where runs keep checkpoints and the sample cache unless told otherwise (``/var/`` is git-ignored).
 DEFAULT_WORK_ROOT = Path("var") / "train"
@@ -96,6 +99,13 @@ class TrainConfig:
     device:
         ``cpu``, ``cuda`` or ``auto`` (CUDA when available). Not part of ``identity()``: a run trained on a GPU
         resumes (or exports) on a CPU; only CPU runs resume bit-identically.
+    memory_format:
+        Layout of the 5-D activations and weights: ``channels_last`` (channels innermost) lets oneDNN's 3-D
+        convolutions run their fast kernels on a CPU, where the default layout takes a slow path for the backward
+        pass of narrow (8-channel) layers: 2.5 to 3 times faster training steps on this 2-core machine (``gadsynth
+        bench --only train``). ``auto`` = ``channels_last`` on a CPU and ``contiguous`` on a GPU; a resumed run
+        keeps the layout its checkpoint was made with, so that it stays bit-identical (checkpoints from before this
+        option were ``contiguous``). Not part of ``identity()``: like ``threads``, it changes rounding, not the run.
     """
 
     model: ModelKind = "differential"
@@ -127,6 +137,7 @@ class TrainConfig:
     progress: bool = True
     init_from: Path | None = None
     device: str = "cpu"
+    memory_format: MemoryFormat = "auto"
 
     def __post_init__(self) -> None:
         if self.model not in _MODEL_KINDS:
@@ -142,6 +153,8 @@ class TrainConfig:
             raise ValueError("at least one --data source is needed")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"--device must be cpu, cuda[:N] or auto; found {self.device!r}")
+        if self.memory_format not in _MEMORY_FORMATS:
+            raise ValueError(f"--memory-format must be one of {list(_MEMORY_FORMATS)}; found {self.memory_format!r}")
         if self.target_max is not None and (self.model == "differential" or not 1.0 <= self.target_max <= 10.0):
             raise ValueError(
                 f"--target-max applies to direct and zero-dose models, within 1 to 10; found {self.target_max} for "
@@ -201,7 +214,22 @@ class TrainConfig:
             "out": str(self.out),
             "version": self.version,
             "device": self.device,
+            "memory_format": self.memory_format,
         }
+
+    def torch_memory_format(self, device: torch.device, recorded: str | None = None) -> torch.memory_format:
+        """The layout to train in on ``device``; ``recorded``: the layout of the checkpoint a run resumes from."""
+        wanted: str = self.memory_format
+        if wanted == "auto":
+            wanted = recorded or ("channels_last" if device.type == "cpu" else "contiguous")
+        elif recorded is not None and recorded != wanted:
+            logger.warning(
+                "resuming a %s checkpoint in the %s layout: the continued run is not bit-identical to an "
+                "uninterrupted one",
+                recorded,
+                wanted,
+            )
+        return torch.channels_last_3d if wanted == "channels_last" else torch.contiguous_format
 
     def torch_device(self) -> torch.device:
         """The device to train on (``auto``: CUDA when torch sees one)."""

@@ -309,6 +309,62 @@ class TestTrainCommand:
         assert code == 2 and "its network is" in output and "base_width" in output
 
 
+@pytest.fixture(scope="module")
+def contiguous(run: dict[str, object]) -> dict[str, object]:
+    """The tiny run again in the contiguous layout (the layout of every run before the option)."""
+    root = Path(str(run["root"]))
+    code, output = _invoke(_args(root, "ce-contiguous", "--memory-format", "contiguous"))
+    assert code == 0, output
+    history = json.loads((root / "work" / "ce-contiguous" / "history.json").read_text())
+    return {"root": root, "history": history}
+
+
+class TestMemoryFormat:
+    """The layout of the activations (channels_last: oneDNN's fast 3-D kernels on a CPU) changes rounding, not the
+    run; a resumed run keeps the layout its checkpoint was made in, so it stays bit-identical."""
+
+    def test_cpu_runs_train_channels_last_by_default(self, run: dict[str, object]) -> None:
+        root = Path(str(run["root"]))
+        assert load_checkpoint(root / "work" / "ce-tiny" / "checkpoints" / "last.pt")["memory_format"] == (
+            "channels_last"
+        )
+        record = json.loads((root / "models" / "ce-tiny" / "training.json").read_text())
+        assert record["training"]["trained_on"].endswith(", channels_last")
+        assert record["run"]["memory_format"] == "auto"
+
+    def test_layouts_agree(self, run: dict[str, object], contiguous: dict[str, object]) -> None:
+        a, b = run["history"], contiguous["history"]
+        assert isinstance(a, dict) and isinstance(b, dict)
+        first = [e["loss"] for e in a["train"][:4]], [e["loss"] for e in b["train"][:4]]
+        assert first[0] == pytest.approx(first[1], rel=1e-4)  # same batches, same weights: rounding apart
+        assert a["train"] != b["train"]  # ... but not bit for bit: another kernel
+        assert a["val"][-1]["loss"] == pytest.approx(b["val"][-1]["loss"], rel=0.05)
+        root = Path(str(contiguous["root"]))
+        state = load_checkpoint(root / "work" / "ce-contiguous" / "checkpoints" / "last.pt")
+        assert state["memory_format"] == "contiguous"
+        record = json.loads((root / "models" / "ce-contiguous" / "training.json").read_text())
+        assert not record["training"]["trained_on"].endswith("channels_last")
+
+    def test_checkpoint_from_before_the_option_resumes_contiguous(
+        self, contiguous: dict[str, object], tmp_path: Path
+    ) -> None:
+        root = Path(str(contiguous["root"]))
+        halfway = load_checkpoint(root / "work" / "ce-contiguous" / "checkpoints" / f"step_{HALF:07d}.pt")
+        del halfway["memory_format"]  # as every checkpoint written before the option
+        old = tmp_path / "old.pt"
+        torch.save(halfway, old)
+        code, output = _invoke(_args(root, "ce-old-resumed", "--resume", str(old)))  # --memory-format auto
+        assert code == 0, output
+        resumed = json.loads((root / "work" / "ce-old-resumed" / "history.json").read_text())
+        history = contiguous["history"]
+        assert isinstance(history, dict)
+        assert resumed["train"] == history["train"] and resumed["val"] == history["val"]
+
+    def test_unknown_layout_is_refused(self, tmp_path: Path) -> None:
+        code, output = _invoke(_args(tmp_path, "ce-bad", "--memory-format", "nchw"))
+        assert code == 2 and "--memory-format must be one of" in output
+
+
 class TestTrainErrors:
     def test_resume_from_another_run(self, run: dict[str, object]) -> None:
         root = Path(str(run["root"]))

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 #: The previous default model (ce-lowdose-v1 1.1.0, trained on whole 4 mm heads), kept to be timed beside the
 #: current one (issue 12: the new default at most 1.3 times its median).
 REFERENCE_MODEL = Path(__file__).resolve().parent / "reference" / "ce-lowdose-v1"
-SECTIONS = ("phantom", "ingest", "pipeline", "warm", "large", "inference", "service", "dicom")
+SECTIONS = ("phantom", "ingest", "pipeline", "warm", "large", "inference", "train", "service", "dicom")
 
 
 def _run_child(command: list[str]) -> tuple[float, int, float]:
@@ -122,6 +122,9 @@ def bench(
         "--reference",
         help="Model folder timed beside the inference bench's model, whole volume as released ('none' to skip).",
     ),
+    train_patch: int = typer.Option(
+        80, "--train-patch", min=8, help="Patch edge (voxels) of the training-step bench (the 1 mm runs use 80)."
+    ),
     service_jobs: int = typer.Option(20, "--service-jobs", min=1, help="Studies posted at once in the service bench."),
     service_workers: int = typer.Option(1, "--service-workers", min=1, help="Worker processes of the service bench."),
 ) -> None:
@@ -176,6 +179,12 @@ def bench(
                 reference=previous if previous is None or previous.is_dir() else None,
             )
             (out / "inference.json").write_text(json.dumps(results["inference"], indent=2) + "\n")
+        if "train" in sections:
+            from app.config import load_settings
+            from training.bench.train import bench_train
+
+            typer.echo("bench: one training step per shipped network, contiguous vs channels_last...", err=True)
+            results["train"] = bench_train(models_dir or load_settings().models_dir, patch=train_patch)
         if "service" in sections:
             from training.bench.service import bench_service
 
