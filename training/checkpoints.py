@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from training.networks import NetworkConfig
+from training.networks import DifferentialUNetConfig, NetworkConfig
+from training.networks.widen import can_widen, widen_state
 from training.train_config import TrainConfig, network_config
 
 __all__ = [
@@ -140,12 +141,21 @@ def resume_from(
     return state
 
 
+def _differential_config(recorded: Mapping[str, Any]) -> DifferentialUNetConfig | None:
+    if recorded.get("kind") != "differential_unet":
+        return None
+    return DifferentialUNetConfig.from_dict(recorded)
+
+
 def initialize_from(network: torch.nn.Module, wanted: NetworkConfig, source: Path) -> None:
     """Load starting weights from a checkpoint or a model folder whose network is ``wanted``.
 
     The networks must match in everything but the direct networks' ``output_max`` (the top of the output range
     holds no weights): a residual network's weights mean the same under another clip, and a sigmoid network's head
-    re-learns the scale. That lets a model trained with a clipped target start the run that lifts the clip.
+    re-learns the scale. That lets a model trained with a clipped target start the run that lifts the clip. A
+    differential network may also start a wider one (more channels, everything else the same): the trained weights
+    fill the first channels of every scale and the wider network computes what they computed
+    (``training.networks.widen``).
 
     Raises
     ------
@@ -165,6 +175,17 @@ def initialize_from(network: torch.nn.Module, wanted: NetworkConfig, source: Pat
         checkpoint = load_checkpoint(source)
         recorded, state = checkpoint["network_config"], checkpoint["network"]
     wanted_fields = wanted.to_dict()
+    narrow = _differential_config(recorded)
+    if narrow is not None and isinstance(wanted, DifferentialUNetConfig) and can_widen(narrow, wanted):
+        logger.info(
+            "initializing from %s widened from %s to %s channels: the new channels start with no influence on the "
+            "output (training.networks.widen)",
+            source,
+            list(narrow.widths),
+            list(wanted.widths),
+        )
+        state = widen_state(state, narrow, wanted)
+        recorded = wanted_fields
     if {**recorded, "output_max": None} == {**wanted_fields, "output_max": None} and recorded != wanted_fields:
         logger.info(
             "initializing from %s with another output range: %s there, %s here",

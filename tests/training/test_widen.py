@@ -1,0 +1,93 @@
+"""Widening a trained differential U-Net: the wider network starts as the trained one, and its new channels learn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.networks import DifferentialUNet, DifferentialUNetConfig
+from training.networks.widen import can_widen, widen_state
+
+NARROW = DifferentialUNetConfig(base_width=4, embedding_dim=16)
+WIDE = DifferentialUNetConfig(base_width=6, embedding_dim=16)
+
+
+@pytest.fixture(scope="module")
+def trained() -> DifferentialUNet:
+    """A narrow network whose weights are not its initialization (every parameter moved)."""
+    torch.manual_seed(3)
+    network = DifferentialUNet(NARROW)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return network.eval()
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(5)
+    image = torch.randn((2, 3, 24, 32, 16), generator=generator)
+    condition = torch.tensor([[0.1, 1.5, 4.1, 0.05], [0.3, 3.0, 3.4, 0.08]])
+    return image, condition
+
+
+def test_the_wider_network_computes_what_the_trained_one_did(trained: DifferentialUNet) -> None:
+    wide = DifferentialUNet(WIDE)
+    wide.load_state_dict(widen_state(trained.state_dict(), NARROW, WIDE))
+    image, condition = _inputs()
+    with torch.no_grad():
+        expected, found = trained(image, condition), wide.eval()(image, condition)
+    assert float(expected.abs().mean()) > 0.01  # a non-trivial output
+    torch.testing.assert_close(found, expected, atol=1e-6, rtol=1e-5)
+    # ... while its new channels hold something (they are not merely zero)
+    with torch.no_grad():
+        assert float(wide.stem(image)[:, NARROW.widths[0] :].abs().mean()) > 0.01
+
+
+def test_the_new_channels_learn(trained: DifferentialUNet) -> None:
+    """The weights from new channels into trained ones start at zero but get gradients."""
+    wide = DifferentialUNet(WIDE).train()
+    wide.load_state_dict(widen_state(trained.state_dict(), NARROW, WIDE))
+    image, condition = _inputs()
+    wide(image, condition).square().mean().backward()
+    w = NARROW.widths[0]
+    conv = wide.encoder[0][0].conv2  # type: ignore[index]
+    assert torch.all(conv.weight[:w, w:] == 0)
+    assert conv.weight.grad is not None and float(conv.weight.grad[:w, w:].abs().sum()) > 0
+    assert wide.head.weight.grad is not None and float(wide.head.weight.grad[:, w:].abs().sum()) > 0
+
+
+@pytest.mark.parametrize(
+    "wide",
+    [
+        DifferentialUNetConfig(base_width=3, embedding_dim=16),  # narrower
+        DifferentialUNetConfig(base_width=6, embedding_dim=32),  # another embedding
+        DifferentialUNetConfig(base_width=6, embedding_dim=16, scales=3),  # another depth
+        NARROW,  # the same network: nothing to widen
+    ],
+)
+def test_only_wider_channel_counts(trained: DifferentialUNet, wide: DifferentialUNetConfig) -> None:
+    assert not can_widen(NARROW, wide)
+    with pytest.raises(ValueError, match="only wider channel counts"):
+        widen_state(trained.state_dict(), NARROW, wide)
+
+
+def test_a_state_of_another_network_is_refused() -> None:
+    other = DifferentialUNet(DifferentialUNetConfig(base_width=5, embedding_dim=16)).state_dict()
+    with pytest.raises(ValueError, match="the weights are not those of"):
+        widen_state(other, NARROW, WIDE)
+
+
+def test_a_run_starts_wider_from_a_narrow_model_folder(trained: DifferentialUNet, tmp_path: Path) -> None:
+    """`gadsynth train --init-from` a narrow model folder with a larger --width: the run starts from its function."""
+    from training.checkpoints import initialize_from
+    from training.export import differential_manifest_fields, write_model_folder
+
+    folder = tmp_path / "ce-narrow"
+    write_model_folder(trained, folder, differential_manifest_fields(name="ce-narrow", version="0.0.1", gamma=1.0))
+    wide = DifferentialUNet(WIDE)
+    initialize_from(wide, WIDE, folder)
+    image, condition = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(wide.eval()(image, condition), trained(image, condition), atol=1e-5, rtol=1e-4)
