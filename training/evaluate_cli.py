@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any, cast
 
 import typer
 
@@ -100,19 +101,40 @@ def evaluate(
         raise typer.Exit(1)
 
 
+def _named_evaluation(item: str) -> tuple[str, dict[str, object]]:
+    """``[NAME=]FOLDER`` -> (NAME, or the evaluated model's name and version; the evaluation).
+
+    Raises
+    ------
+    ValueError
+        When the folder holds no evaluation.
+    """
+    from training.evaluation_summary import load_evaluation
+
+    name, sep, folder = item.partition("=")
+    if not sep or Path(item).exists():  # a folder whose name holds '=' is a folder
+        name, folder = "", item
+    document = load_evaluation(Path(folder))
+    model = cast(dict[str, Any], document["model"])
+    return name or f"{model['name']} {model['version']}", document
+
+
 def evaluate_summary(
     main: Path = typer.Argument(..., help="Folder (or evaluation.json) of the model's main test-set evaluation."),
     held_out: list[str] = typer.Option(
         [], "--held-out", help="LABEL=FOLDER of an evaluation on a held-out set (repeatable)."
     ),
-    compare: list[Path] = typer.Option(
-        [], "--compare", help="Folder of another model's evaluation on the same test set (repeatable)."
+    compare: list[str] = typer.Option(
+        [],
+        "--compare",
+        help="[NAME=]FOLDER of another model's evaluation on the same test set (repeatable); NAME replaces the "
+        "model's name and version in the tables (e.g. for a candidate that was not released).",
     ),
     held_out_compare: list[str] = typer.Option(
         [],
         "--held-out-compare",
-        help="LABEL=FOLDER: another model's evaluation on the held-out set LABEL, shown beside it (repeatable, also "
-        "for one LABEL).",
+        help="LABEL=[NAME=]FOLDER: another model's evaluation on the held-out set LABEL, shown beside it "
+        "(repeatable, also for one LABEL).",
     ),
     out: Path | None = typer.Option(None, "--out", help="Markdown file (default: <main>/SUMMARY.md)."),
     card: Path | None = typer.Option(None, "--card", help="Model folder whose MODEL_CARD.md Metrics section to fill."),
@@ -134,18 +156,17 @@ def evaluate_summary(
                 raise ValueError(f"--held-out must be LABEL=FOLDER; found {item!r}")
             held[label] = load_evaluation(Path(folder))
         others = {}
-        for other_folder in compare:
-            other = load_evaluation(other_folder)
-            others[f"{other['model']['name']} {other['model']['version']}"] = other
+        for item in compare:
+            name, other = _named_evaluation(item)
+            others[name] = other
         beside: dict[str, list[tuple[str, dict[str, object]]]] = {}
         for item in held_out_compare:
-            label, sep, folder = item.partition("=")
+            label, sep, rest = item.partition("=")
             if not sep or label not in held:
                 raise ValueError(
                     f"--held-out-compare must be LABEL=FOLDER with a LABEL given to --held-out; found {item!r}"
                 )
-            other = load_evaluation(Path(folder))
-            beside.setdefault(label, []).append((f"{other['model']['name']} {other['model']['version']}", other))
+            beside.setdefault(label, []).append(_named_evaluation(rest))
         pairs = _training_pairs(card) if card is not None else None
         text = summary_markdown(document, held_out=held, compare=others, training_pairs=pairs, held_out_compare=beside)
         target = out or Path(document["_path"]).parent / "SUMMARY.md"

@@ -96,8 +96,8 @@ def export_trained(
         else:
             limits.append(
                 f"Trained on phantom subjects of the `{grid}` grid only (the `small` preset has about 4 mm voxels): "
-                "scanner images at about 1 mm present other structure sizes and noise texture to the network, and "
-                "this model has not been evaluated on them."
+                "scanner images at about 1 mm present other structure sizes and noise texture than it was trained on "
+                "(the Metrics section says whether it was evaluated at 1 mm)."
             )
         doses = (
             f"low doses {summary['phantom_doses']} of standard and " if not config.model.startswith("zerodose") else ""

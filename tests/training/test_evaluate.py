@@ -279,6 +279,18 @@ class TestSummary:
         row = next(line for line in text.splitlines() if line.startswith("| PSNR_L dB |"))
         assert "**worse by more than SE**" in row and "| -5 |" in row.replace(" ", " ")
 
+    def test_a_compared_model_can_be_named(self, evaluation: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
+        """NAME=FOLDER shows NAME instead of the model's name and version (a candidate that was not released)."""
+        _, out = evaluation
+        result = _gadsynth(
+            "evaluate-summary", str(out), "--compare", f"800-step candidate={out}", "--held-out", f"4 mm set={out}",
+            "--held-out-compare", f"4 mm set=800-step candidate={out}", "--out", str(tmp_path / "summary.md"),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        text = (tmp_path / "summary.md").read_text()
+        assert "| 800-step candidate |" in text and "| 4 mm set: 800-step candidate |" in text
+        assert "against 800-step candidate (SE" in text
+
     def test_bad_inputs_exit_2(self, evaluation: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
         _, out = evaluation
         result = _gadsynth("evaluate-summary", str(tmp_path))

@@ -5,7 +5,9 @@
 #   training/runs/ce-lowdose-v1-1mm.sh prepare   # phantom subjects through the pipeline's preprocessing (~30 s per 1 mm subject)
 #   training/runs/ce-lowdose-v1-1mm.sh train     # CPU, 2 threads; continues from the last checkpoint if there is one
 #   training/runs/ce-lowdose-v1-1mm.sh evaluate  # 1 mm main set, 4 mm set, held-out sets, 1.1.0 beside it
-#   training/runs/ce-lowdose-v1-1mm.sh zerodose  # ce-zerodose-v1 (and 'direct': the comparison) on the same budget
+#   STEPS=800 training/runs/ce-lowdose-v1-1mm.sh zerodose  # ce-zerodose-v1 2.0.0 at 1 mm (800 of these steps)
+#   training/runs/ce-lowdose-v1-1mm.sh zerodose-evaluate      # 2.0.0 and the released 1.0.0 on the 1 mm and 4 mm sets
+# The Bone-style comparison at 1 mm has its own script: training/runs/ce-lowdose-direct-v1-2.0.0.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=.venv/bin
@@ -59,19 +61,28 @@ case "${1:-}" in
       --out evaluation/ce-lowdose-v1/heldout-gadobenate-1.5T
     "${new[@]}" "${held[@]}" --test-set phantom:1200-1209 --agent gadobutrol --field 3 \
       --out evaluation/ce-lowdose-v1/heldout-gadobutrol-3T ;;
-  direct|zerodose)
-    # The Bone-style comparison and the zero-dose model with the budget of the new ce-lowdose-v1: their 4 mm
-    # versions fine-tuned on exactly its data, patches, batch, steps and learning rate, with the unclipped target
-    # (--target-max 4; the 4 mm versions clip at 1). Their samples are prepared like the differential ones (another
-    # cache key: other channels). The starting weights are the versions of a5f4841, as released.
-    name=$([ "$1" = direct ] && echo ce-lowdose-direct-v1 || echo ce-zerodose-v1)
+  zerodose)
+    # ce-zerodose-v1 at 1 mm: its 4 mm version (as released at a5f4841) fine-tuned on the data, patches, batch and
+    # learning rate of this run, with the unclipped target (--target-max 4; the 4 mm version clips at 1). Its samples
+    # are prepared like the differential ones (another cache key: other channels). 2.0.0 was run with STEPS=800.
+    name=ce-zerodose-v1
     work="var/train/$name-1mm"
     start="var/models-4mm/$name"
     released_model a5f4841 "$name" "$start"
     resume_args "$work"
     # a new major version: the output range changed
-    $BIN/gadsynth train --model "$1" --out "$OUT/$name" --version "${VERSION:-2.0.0}" --work "$work" \
+    $BIN/gadsynth train --model zerodose --out "$OUT/$name" --version "${VERSION:-2.0.0}" --work "$work" \
       --init-from "$start" --width 8 --target-max 4 "${DATA[@]}" "${RESUME[@]}" ;;
+  zerodose-evaluate)
+    # The 1 mm retrain (not released: see models/ce-zerodose-v1/MODEL_CARD.md) and the released 1.0.0, both on the
+    # brain box, on the 1 mm main set and the 4 mm set; the zero-dose studies carry T2 and FLAIR (another cache key).
+    zd=($BIN/gadsynth evaluate --model ce-zerodose-v1)
+    full=(--test-set phantom:1000-1011 --size full --work-dir var/eval/work-full)
+    small=(--test-set phantom:1000-1023 --size small --work-dir var/eval/work --examples 1)
+    "${zd[@]}" --models-dir models "${full[@]}" --out evaluation/ce-zerodose-v1
+    "${zd[@]}" --models-dir models "${small[@]}" --out evaluation/ce-zerodose-v1/small-4mm
+    "${zd[@]}" --models-dir "$OUT" "${full[@]}" --out evaluation/ce-zerodose-v1-2.0.0
+    "${zd[@]}" --models-dir "$OUT" "${small[@]}" --out evaluation/ce-zerodose-v1-2.0.0/small-4mm ;;
   *)
-    echo "usage: $0 prepare|train|evaluate|direct|zerodose" >&2; exit 2 ;;
+    echo "usage: $0 prepare|train|evaluate|zerodose|zerodose-evaluate" >&2; exit 2 ;;
 esac

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# ce-lowdose-direct-v1 2.0.0: the Bone-style comparison model with exactly the budget of ce-lowdose-v1 1.3.0 (issue 12).
+#
+# ce-lowdose-v1 1.3.0 is 1.0.0 (3,500 steps, as this model's 1.0.0) followed by three CPU stages. This model starts
+# from its own 1.0.0 (as released at a5f4841) and gets the same three stages, with the same data, grids, patches,
+# batch, steps and learning rates; only its own loss (l2) and network (direct U-Net, width 8) differ:
+#   a  (ce-lowdose-v1 1.1.0) 1,400 steps on phantom:0-123, small grid (~4 mm), 2 patches of 64^3, lr 1e-4 -> 1e-6
+#   b  (ce-lowdose-v1 1.2.0) 2,000 steps on phantom:0-31, grid mix, 2 patches of 80^3, lr 1e-4 -> 1e-6
+#   c  (ce-lowdose-v1 1.3.0) 1,200 steps on phantom:0-63, grid mix with twice the coarse share, lr 5e-5 -> 1e-6
+# The target is the unclipped one (--target-max 4; 1.0.0 clipped x_SD at the pre-contrast's p99.5), so the output
+# range changes: a new major version. Every stage is resumable: run it again and it continues from its last
+# checkpoint (every 50 steps), reusing prepared samples; after its last step it only exports its folder again.
+#   training/runs/ce-lowdose-direct-v1-2.0.0.sh a|b|c     # CPU, 2 threads; ~2.6 s/step (a), ~5 s/step (b, c)
+#   training/runs/ce-lowdose-direct-v1-2.0.0.sh evaluate  # the sets of ce-lowdose-v1 1.3.0
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=.venv/bin
+NAME=ce-lowdose-direct-v1
+START=var/models-4mm/$NAME              # 1.0.0 as released
+STAGES=var/train/$NAME-2.0.0            # STAGES/{a,b,c}: work folders; STAGES/out-{a,b,c}/NAME: their model folders
+
+. training/runs/common.sh
+
+COMMON=(--model direct --width 8 --target-max 4 --threads 2 --checkpoint-every 50 --val-every 100 --overwrite
+        --no-progress --exclude-pair gadobenate@1.5 --exclude-pair gadobutrol@3)
+MM=(--phantom-size full --val phantom:5000-5001 --val phantom:5005-5005 --patch 80 --batch 2 --cache var/train/cache-mm)
+
+stage() {  # stage NAME FROM VERSION ARGS...: train stage NAME from the model folder FROM
+  local name=$1 from=$2 version=$3; shift 3
+  resume_args "$STAGES/$name"
+  $BIN/gadsynth train "${COMMON[@]}" --out "$STAGES/out-$name/$NAME" --version "$version" --work "$STAGES/$name" \
+    --init-from "$from" "$@" "${RESUME[@]}"
+}
+
+case "${1:-}" in
+  a)
+    released_model a5f4841 "$NAME" "$START"
+    stage a "$START" 2.0.0-a --phantom-size small --data phantom:0-123 --val phantom:5000-5001 --patch 64 --batch 2 \
+      --steps 1400 --lr 1e-4 --lr-min 1e-6 --cache var/train/cache ;;
+  b)
+    stage b "$STAGES/out-a/$NAME" 2.0.0-b "${MM[@]}" --phantom-resolutions 1,1,1,1,1,1.25,1.5,2,4 \
+      --data phantom:0-31 --steps 2000 --lr 1e-4 --lr-min 1e-6 ;;
+  c)
+    stage c "$STAGES/out-b/$NAME" 2.0.0 "${MM[@]}" --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4 \
+      --data phantom:0-63 --steps 1200 --lr 5e-5 --lr-min 1e-6 ;;
+  evaluate)
+    new=($BIN/gadsynth evaluate --model "$NAME" --models-dir "$STAGES/out-c")
+    dest=${DEST:-evaluation/$NAME}
+    "${new[@]}" --test-set phantom:1000-1011 --size full --work-dir var/eval/work-full --out "$dest"
+    "${new[@]}" --test-set phantom:1000-1023 --size small --work-dir var/eval/work --examples 1 --out "$dest/small-4mm" ;;
+  *)
+    echo "usage: $0 a|b|c|evaluate" >&2; exit 2 ;;
+esac
