@@ -55,6 +55,9 @@ def train(
         str | None, typer.Option(help="weighted_huber, l1, l2 or ssim (default: weighted_huber / l2 for direct).")
     ] = None,
     margin: Annotated[int, typer.Option(help="Voxels ignored at each patch face in the loss.")] = 8,
+    huber_eps: Annotated[
+        float | None, typer.Option(help="Weighted Huber threshold in target units (default: the paper's 0.1).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initialization, subject order and patch draws.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 100,
     val_every: Annotated[int, typer.Option(help="Steps between validation losses.")] = 100,
@@ -131,6 +134,7 @@ def train(
             lr_min=lr_min,
             loss=loss,  # type: ignore[arg-type]  # validated by LossConfig
             margin=margin,
+            huber_eps=huber_eps,
             seed=seed,
             threads=threads,
             checkpoint_every=checkpoint_every,

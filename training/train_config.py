@@ -12,7 +12,7 @@ import torch
 
 from operators.model_manifest import ModelManifest
 from training.datasets import PatchSettings, PhantomVariation
-from training.losses import PAPER_MARGIN, LossConfig, LossKind
+from training.losses import HUBER_EPS, PAPER_MARGIN, LossConfig, LossKind
 from training.manifests import build_manifest, differential_manifest_fields, direct_manifest_fields
 from training.networks import (
     LOW_DOSE_DIRECT_INPUTS,
@@ -67,6 +67,10 @@ class TrainConfig:
         Loss kind; None = the paper's weighted Huber for ``differential``, L2 (Bone et al.) for the others.
     margin:
         Voxels ignored at each patch face in the loss (paper: 8).
+    huber_eps:
+        Threshold of the weighted Huber loss in target units (None = the paper's 0.1): residuals above it are
+        penalized linearly, which pulls a prediction toward the median of what the input allows, below it
+        quadratically (toward the mean).
     seed:
         Seeds the network initialization, the subject order and every patch draw.
     threads:
@@ -119,6 +123,7 @@ class TrainConfig:
     lr_min: float = 1e-6
     loss: LossKind | None = None
     margin: int = PAPER_MARGIN
+    huber_eps: float | None = None
     seed: int = 0
     threads: int = 1
     checkpoint_every: int = 100
@@ -174,7 +179,7 @@ class TrainConfig:
     @property
     def loss_config(self) -> LossConfig:
         kind: LossKind = self.loss or ("weighted_huber" if self.model == "differential" else "l2")
-        return LossConfig(kind=kind, margin=self.margin)
+        return LossConfig(kind=kind, margin=self.margin, eps=HUBER_EPS if self.huber_eps is None else self.huber_eps)
 
     @property
     def work(self) -> Path:

@@ -385,6 +385,7 @@ class TestTrainErrors:
             (["--margin", "16"], "leaves nothing of a 32-voxel patch"),
             (["--val", "phantom:1"], "validation subjects are also training subjects"),
             (["--exclude-pair", "gadoterate"], "must be AGENT@FIELD"),
+            (["--huber-eps", "0"], "eps > 0"),
         ],
     )
     def test_bad_options(self, tmp_path: Path, extra: list[str], message: str) -> None:
@@ -397,6 +398,13 @@ class TestTrainErrors:
             args += extra
         code, output = _invoke(args)
         assert code == 2 and message in output
+
+    def test_huber_threshold_is_part_of_the_run(self, tmp_path: Path) -> None:
+        """--huber-eps changes the loss, so the run identity (a checkpoint of another threshold does not resume)."""
+        default = TrainConfig(out=tmp_path / "m")
+        wider = TrainConfig(out=tmp_path / "m", huber_eps=1.0)
+        assert default.loss_config.eps == 0.1 and wider.loss_config.eps == 1.0
+        assert default.identity()["loss"]["eps"] == 0.1 and wider.identity()["loss"]["eps"] == 1.0
 
     def test_target_max_is_for_direct_models(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="--target-max applies to direct and zero-dose models"):
