@@ -303,8 +303,9 @@ class TestTrainCommand:
 
     def test_init_from_another_network_is_refused(self, run: dict[str, object]) -> None:
         root = Path(str(run["root"]))
-        args = _args(root, "ce-init-wide", "--init-from", str(root / "models" / "ce-tiny"), "--val", "none")
-        args[args.index("--width") + 1] = "6"
+        # a narrower network (a wider differential one starts from it: training.networks.widen)
+        args = _args(root, "ce-init-narrow", "--init-from", str(root / "models" / "ce-tiny"), "--val", "none")
+        args[args.index("--width") + 1] = "3"
         code, output = _invoke(args)
         assert code == 2 and "its network is" in output and "base_width" in output
 
