@@ -47,23 +47,11 @@ case "${1:-}" in
   evaluate)
     # The same sets as 1.2.0 (training/runs/ce-lowdose-v1-1mm.sh evaluate); 1.2.0's results move to
     # evaluation/ce-lowdose-v1-1.2.0 when this model is released, 1.1.0's stay in evaluation/ce-lowdose-v1-1.1.0.
-    new=($BIN/gadsynth evaluate --model ce-lowdose-v1 --models-dir "$OUT")
-    dest=${DEST:-evaluation/ce-lowdose-v1}
-    "${new[@]}" --test-set phantom:1000-1011 --size full --work-dir var/eval/work-full --out "$dest"
-    held=(--work-dir var/eval/work --size small --examples 1)
-    "${new[@]}" "${held[@]}" --test-set phantom:1000-1023 --out "$dest/small-4mm"
-    "${new[@]}" "${held[@]}" --test-set phantom:1100-1109 --dose 0.05 --out "$dest/heldout-dose-0.05"
-    "${new[@]}" "${held[@]}" --test-set phantom:1100-1109 --dose 0.5 --out "$dest/heldout-dose-0.5"
-    "${new[@]}" "${held[@]}" --test-set phantom:1200-1209 --agent gadobenate --field 1.5 \
-      --out "$dest/heldout-gadobenate-1.5T"
-    "${new[@]}" "${held[@]}" --test-set phantom:1200-1209 --agent gadobutrol --field 3 \
-      --out "$dest/heldout-gadobutrol-3T" ;;
+    evaluate_lowdose "$OUT" "${DEST:-evaluation/ce-lowdose-v1}" ;;
   trust)
     # The uncertainty map's error model is fitted to the model's own errors: 6 subjects that are neither training
     # nor test subjects, judged on the 1 mm test set. The input check's reference (ood.json) is 1.2.0's.
-    $BIN/gadsynth uncertainty-calibrate --model ce-lowdose-v1 --models-dir "$OUT" --calibration phantom:2000-2005 \
-      --test-set phantom:1000-1011 --size full --work-dir var/eval/work-full --out "${DEST:-evaluation/uncertainty}" \
-      --compare '' ;;
+    calibrate_uncertainty "$OUT" "${DEST:-evaluation/uncertainty}" ;;
   *)
     echo "usage: $0 prepare|train|evaluate|trust" >&2; exit 2 ;;
 esac

@@ -45,23 +45,11 @@ case "${1:-}" in
     resume_args "$RUN"
     $BIN/gadsynth train "${ARGS[@]}" "${RESUME[@]}" ;;
   evaluate)
-    new=($BIN/gadsynth evaluate --model ce-lowdose-v1 --models-dir "$OUT")
-    dest=${DEST:-evaluation/ce-lowdose-v1-candidate-width12}
-    "${new[@]}" --test-set phantom:1000-1011 --size full --work-dir var/eval/work-full --out "$dest"
-    held=(--work-dir var/eval/work --size small --examples 1)
-    "${new[@]}" "${held[@]}" --test-set phantom:1000-1023 --out "$dest/small-4mm"
-    "${new[@]}" "${held[@]}" --test-set phantom:1100-1109 --dose 0.05 --out "$dest/heldout-dose-0.05"
-    "${new[@]}" "${held[@]}" --test-set phantom:1100-1109 --dose 0.5 --out "$dest/heldout-dose-0.5"
-    "${new[@]}" "${held[@]}" --test-set phantom:1200-1209 --agent gadobenate --field 1.5 \
-      --out "$dest/heldout-gadobenate-1.5T"
-    "${new[@]}" "${held[@]}" --test-set phantom:1200-1209 --agent gadobutrol --field 3 \
-      --out "$dest/heldout-gadobutrol-3T" ;;
+    evaluate_lowdose "$OUT" "${DEST:-evaluation/ce-lowdose-v1-candidate-width12}" ;;
   trust)
     # The uncertainty map's error model fitted to this model's own errors, as for 1.3.0: 6 subjects that are neither
     # training nor test subjects, judged on the 1 mm test set. The input check's reference (ood.json) is 1.2.0's.
-    $BIN/gadsynth uncertainty-calibrate --model ce-lowdose-v1 --models-dir "$OUT" --calibration phantom:2000-2005 \
-      --test-set phantom:1000-1011 --size full --work-dir var/eval/work-full --out "${DEST:-var/eval/uncertainty-1.4.0}" \
-      --compare '' ;;
+    calibrate_uncertainty "$OUT" "${DEST:-var/eval/uncertainty-1.4.0}" ;;
   *)
     echo "usage: $0 train|evaluate|trust" >&2; exit 2 ;;
 esac
