@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 
 from operators.model_manifest import ModelManifest
-from training.datasets import PatchSettings, PhantomVariation
+from training.datasets import PatchSettings, PhantomVariation, parse_data_spec
 from training.losses import HUBER_EPS, PAPER_MARGIN, LossConfig, LossKind
 from training.manifests import build_manifest, differential_manifest_fields, direct_manifest_fields
 from training.networks import (
@@ -156,6 +156,12 @@ class TrainConfig:
             raise ValueError(f"margin {self.margin} leaves nothing of a {self.patch}-voxel patch")
         if not self.data:
             raise ValueError("at least one --data source is needed")
+        phantom_sources = (t for t in (*self.data, *self.val) if t.strip().startswith("phantom:"))
+        for spec in map(parse_data_spec, phantom_sources):
+            try:  # a source's own draws must leave a pair the run does not hold out
+                self.variation.with_overrides(spec.overrides)
+            except ValueError as exc:
+                raise ValueError(f"--data {spec.describe()}: {exc}") from None
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"--device must be cpu, cuda[:N] or auto; found {self.device!r}")
         if self.memory_format not in _MEMORY_FORMATS:

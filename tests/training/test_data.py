@@ -283,9 +283,52 @@ class TestDataSpec:
         assert (spec.kind, spec.start, spec.stop) == ("phantom", start, stop)
         assert spec.endless == (stop is None)
 
+    def test_source_draws(self, workspace: dict[str, object]) -> None:
+        """``phantom:A-B,field=...,dose=...`` draws those choices from its own ranges and every other one as the
+        run's variation does; the subjects' cache files follow the drawn options."""
+        spec = parse_data_spec("phantom:200-239,field=1.5,dose=0.1-0.15")
+        assert spec.describe() == "phantom:200-239,dose=0.1-0.15,field=1.5"
+        assert parse_data_spec(spec.describe()) == spec
+        for subject in spec.subjects():
+            own = phantom_options(subject.seed, VARIATION.with_overrides(subject.overrides))  # type: ignore[arg-type]
+            plain = phantom_options(subject.seed, VARIATION)  # type: ignore[arg-type]
+            assert own.field_strength == 1.5 and 0.1 <= own.dose <= 0.15
+            assert (own.vendor, own.noise, own.lesion_count) == (plain.vendor, plain.noise, plain.lesion_count)
+        assert parse_data_spec("phantom:5-,agent=gadovist").overrides == (("agents", ("gadobutrol",)),)
+        four = parse_data_spec("phantom:64-79,grid=4/2")
+        assert four.describe() == "phantom:64-79,grid=4/2"
+        drawn = [phantom_options(s.seed, VARIATION.with_overrides(s.overrides)) for s in four.subjects()]  # type: ignore[arg-type]
+        assert {o.resolution_mm for o in drawn} == {2.0, 4.0}
+        endless = SubjectStream([parse_data_spec("phantom:5-,field=3")], seed=0)
+        assert endless.at(2).seed == 7 and endless.at(2).overrides == (("field_strengths", (3.0,)),)
+        manifest = workspace["manifest"]
+        cache = SampleCache(Path(str(workspace["root"])), manifest, VARIATION)  # type: ignore[arg-type]
+        plain_subject = parse_data_spec("phantom:200").subjects()[0]
+        own_subject = parse_data_spec("phantom:200,field=1.5,dose=0.1-0.15").subjects()[0]
+        assert cache.path(plain_subject) != cache.path(own_subject)
+        assert cache.path(plain_subject).name.startswith("phantom-000200.")
+
+    def test_source_draws_the_run_holds_out(self, tmp_path: Path) -> None:
+        """A source that could only draw a held-out (agent, field) pair is refused when the run is configured."""
+        held_out = PhantomVariation(exclude_pairs=(("gadobenate", 1.5),))
+        with pytest.raises(ValueError, match=r"--data phantom:0-3,agent=gadobenate,field=1\.5: .*leaves no"):
+            TrainConfig(
+                model="differential",
+                out=tmp_path / "m",
+                data=("phantom:0-3,field=1.5,agent=gadobenate",),
+                variation=held_out,
+            )
+
     @pytest.mark.parametrize(
         ("text", "message"),
         [
+            ("phantom:0-3,field=7", "field_strength must be 1.5 or 3.0"),
+            ("phantom:0-3,dose=0.3-0.1", "dose_range must satisfy"),
+            ("phantom:0-3,dose=abc", "expected numbers"),
+            ("phantom:0-3,agent=water", "known agent names"),
+            ("phantom:0-3,grid=12", "resolutions_mm must be within"),
+            ("phantom:0-3,noise=0.1", "draws are field="),
+            ("phantom:0-3,", "draws are field="),
             ("phantoms:0-3", "must be phantom:A-B"),
             ("phantom:9-3", "is empty"),
             ("phantom:a-b", "must be A-B"),

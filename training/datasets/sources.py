@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -121,6 +122,51 @@ class PhantomVariation:
             del data["resolutions_mm"]  # records written before the grid mix existed stay comparable
         return data
 
+    def with_overrides(self, overrides: Sequence[tuple[str, Any]]) -> PhantomVariation:
+        """This variation with a data source's own draws (``phantom:A-B,field=1.5,dose=0.1-0.15``)."""
+        return dataclasses.replace(self, **dict(overrides)) if overrides else self
+
+
+#: Keys a phantom ``--data`` source may override, and the PhantomVariation field each one sets.
+_OVERRIDE_KEYS = {"field": "field_strengths", "dose": "dose_range", "agent": "agents", "grid": "resolutions_mm"}
+
+
+def _format_override(field: str, value: Any) -> str:
+    key = next(k for k, f in _OVERRIDE_KEYS.items() if f == field)
+    text = f"{value[0]:g}-{value[1]:g}" if key == "dose" else "/".join(v if key == "agent" else f"{v:g}" for v in value)
+    return f"{key}={text}"
+
+
+def _parse_overrides(items: Sequence[str], text: str) -> tuple[tuple[str, Any], ...]:
+    """``field=1.5/3``, ``dose=0.1-0.15``, ``agent=gadobutrol/gadoterate`` -> PhantomVariation field values."""
+    found: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in _OVERRIDE_KEYS or not value:
+            raise ValueError(
+                "a phantom source's draws are field=T[/T...], dose=LOW-HIGH, agent=NAME[/NAME...] or grid=MM[/MM...]; "
+                f"found {item!r} in {text!r}"
+            )
+        try:
+            if key in ("field", "grid"):
+                parsed: Any = tuple(float(v) for v in value.split("/"))
+            elif key == "dose":
+                low, _, high = value.partition("-")
+                parsed = (float(low), float(high or low))
+            else:
+                parsed = tuple(canonical_agent(v) for v in value.split("/"))
+        except (ValueError, KeyError):
+            raise ValueError(
+                f"phantom source draw {item!r} in {text!r}: expected numbers (field, dose, grid) or known agent names"
+            ) from None
+        found[_OVERRIDE_KEYS[key]] = parsed
+    overrides = tuple(sorted(found.items()))
+    try:  # the draws must make valid phantoms on their own (the run's exclusions are checked per subject)
+        phantom_options(0, PhantomVariation().with_overrides(overrides))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"phantom source {text!r}: {exc}") from None
+    return overrides
+
 
 def phantom_options(seed: int, variation: PhantomVariation, *, roles: Sequence[str] = ALL_ROLES) -> PhantomOptions:
     """The phantom options of subject ``seed``: a deterministic draw from ``variation``.
@@ -173,6 +219,8 @@ class Subject:
     name: str
     seed: int | None = None
     path: Path | None = None
+    #: A phantom source's own draws (PhantomVariation field, value), applied over the run's variation.
+    overrides: tuple[tuple[str, Any], ...] = ()
 
     @property
     def key(self) -> str:
@@ -186,12 +234,15 @@ class Subject:
 @dataclass(frozen=True)
 class DataSpec:
     """A parsed ``--data`` value: ``phantom:A-B`` (B included), ``phantom:A-`` (endless), ``dicom:DIR`` or
-    ``nifti:DIR``."""
+    ``nifti:DIR``. A phantom range may draw some choices from its own ranges, e.g.
+    ``phantom:200-231,field=1.5,dose=0.1-0.15``: more subjects of a corner the run's variation rarely draws, or
+    ``phantom:64-95,grid=4``: a share of subjects on one grid (``grid=1/1/4`` draws from those voxel sizes)."""
 
     kind: Literal["phantom", "dicom", "nifti"]
     start: int | None = None
     stop: int | None = None  # exclusive; None = endless
     path: Path | None = None
+    overrides: tuple[tuple[str, Any], ...] = ()
 
     @property
     def endless(self) -> bool:
@@ -208,7 +259,9 @@ class DataSpec:
         if self.kind == "phantom":
             if self.stop is None or self.start is None:
                 raise ValueError("an endless phantom stream (phantom:A-) has no finite subject list")
-            return [Subject("phantom", f"seed {s}", seed=s) for s in range(self.start, self.stop)]
+            return [
+                Subject("phantom", f"seed {s}", seed=s, overrides=self.overrides) for s in range(self.start, self.stop)
+            ]
         if self.path is None or not self.path.is_dir():
             raise ValueError(f"{self.kind} data folder {self.path} does not exist")
         if self.kind == "nifti":
@@ -217,34 +270,39 @@ class DataSpec:
 
     def describe(self) -> str:
         if self.kind == "phantom":
-            return f"phantom:{self.start}-{'' if self.stop is None else self.stop - 1}"
+            draws = "".join(f",{_format_override(key, value)}" for key, value in self.overrides)
+            return f"phantom:{self.start}-{'' if self.stop is None else self.stop - 1}{draws}"
         return f"{self.kind}:{self.path}"
 
 
 def parse_data_spec(text: str) -> DataSpec:
-    """Parse ``phantom:0-199``, ``phantom:1000-``, ``phantom:7``, ``dicom:DIR`` or ``nifti:DIR``.
+    """Parse ``phantom:0-199``, ``phantom:1000-``, ``phantom:7``, ``phantom:A-B,field=1.5,dose=0.1-0.15``,
+    ``dicom:DIR`` or ``nifti:DIR``.
 
     Raises
     ------
     ValueError
-        When the kind is unknown, the seed range is malformed or empty, or the folder is missing.
+        When the kind is unknown, the seed range is malformed or empty, a draw is unknown or malformed, or the
+        folder is missing.
     """
     kind, sep, rest = text.strip().partition(":")
     if not sep or kind not in ("phantom", "dicom", "nifti") or not rest:
         raise ValueError(f"--data must be phantom:A-B, phantom:A-, dicom:DIR or nifti:DIR; found {text!r}")
     if kind == "phantom":
-        match = re.fullmatch(r"(\d+)(?:(-)(\d*))?", rest)
+        seeds, *draws = rest.split(",")
+        overrides = _parse_overrides(draws, text)
+        match = re.fullmatch(r"(\d+)(?:(-)(\d*))?", seeds)
         if match is None:
-            raise ValueError(f"phantom seeds must be A-B, A- (endless) or A with integers A <= B; found {rest!r}")
+            raise ValueError(f"phantom seeds must be A-B, A- (endless) or A with integers A <= B; found {seeds!r}")
         start = int(match.group(1))
         if match.group(2) is None:
-            return DataSpec("phantom", start=start, stop=start + 1)
+            return DataSpec("phantom", start=start, stop=start + 1, overrides=overrides)
         if not match.group(3):
-            return DataSpec("phantom", start=start, stop=None)
+            return DataSpec("phantom", start=start, stop=None, overrides=overrides)
         stop = int(match.group(3))
         if stop < start:
-            raise ValueError(f"phantom seed range {rest!r} is empty (B must be >= A)")
-        return DataSpec("phantom", start=start, stop=stop + 1)
+            raise ValueError(f"phantom seed range {seeds!r} is empty (B must be >= A)")
+        return DataSpec("phantom", start=start, stop=stop + 1, overrides=overrides)
     path = Path(rest).expanduser()
     if not path.is_dir():
         raise ValueError(f"{kind} data folder {path} does not exist or is not a folder")
@@ -311,7 +369,8 @@ class SampleCache:
     def _phantom_options(self, subject: Subject) -> PhantomOptions:
         if subject.seed is None:
             raise ValueError(f"phantom subject {subject.name} has no seed")
-        return phantom_options(subject.seed, self.variation, roles=[r.value for r in training_roles(self.manifest)])
+        variation = self.variation.with_overrides(subject.overrides)
+        return phantom_options(subject.seed, variation, roles=[r.value for r in training_roles(self.manifest)])
 
     def get(self, subject: Subject) -> Sample:
         """The subject's sample, from the cache or built (and cached) now.
@@ -381,6 +440,7 @@ class SubjectStream:
             raise ValueError("an endless phantom stream (phantom:A-) cannot be mixed with other --data sources")
         self.seed = seed
         self.endless_start = endless[0].start if endless else None
+        self.endless_overrides = endless[0].overrides if endless else ()
         self.subjects: list[Subject] = [] if endless else [s for spec in specs for s in spec.subjects()]
         if not endless and not self.subjects:
             raise ValueError(f"no training subject found in {[s.describe() for s in specs]}")
@@ -394,7 +454,7 @@ class SubjectStream:
         """The subject at stream position ``position`` (>= 0)."""
         if self.endless_start is not None:
             seed = self.endless_start + position
-            return Subject("phantom", f"seed {seed}", seed=seed)
+            return Subject("phantom", f"seed {seed}", seed=seed, overrides=self.endless_overrides)
         n = len(self.subjects)
         epoch, index = divmod(position, n)
         order = self._permutations.get(epoch)
