@@ -35,6 +35,22 @@ def describe_start(source: Path) -> str:
     return text + ")"
 
 
+def _drawn_grids(config: TrainConfig) -> dict[float, float]:
+    """Share of phantom subjects per voxel size (each source's subjects draw from its own grid list, e.g.
+    ``phantom:A-B,grid=4``, or the run's); empty when every subject is on the preset grid."""
+    weights: dict[float, float] = {}
+    for spec in (parse_data_spec(s) for s in config.data):
+        if spec.kind != "phantom":
+            continue
+        variation = config.variation.with_overrides(spec.overrides)
+        own = list(variation.resolutions_mm) or ([variation.resolution_mm] if variation.resolution_mm else [])
+        subjects = 1 if spec.stop is None or spec.start is None else spec.stop - spec.start
+        for grid in own:
+            weights[grid] = weights.get(grid, 0.0) + subjects / len(own)
+    total = sum(weights.values())
+    return {grid: weights[grid] / total for grid in sorted(weights)}
+
+
 def export_trained(
     config: TrainConfig, network: torch.nn.Module, gamma: float | None, history: dict[str, Any], check: list[Batch]
 ) -> ModelManifest:
@@ -69,10 +85,9 @@ def export_trained(
     if "phantom" in data_kinds:
         variation = config.variation
         summary["phantom_size"] = f"{variation.resolution_mm} mm" if variation.resolution_mm else variation.size
-        if variation.resolutions_mm:
-            counts = {r: variation.resolutions_mm.count(r) for r in sorted(set(variation.resolutions_mm))}
-            total = len(variation.resolutions_mm)
-            summary["phantom_size"] = "mix of " + ", ".join(f"{r:g} mm ({n / total:.0%})" for r, n in counts.items())
+        grids = _drawn_grids(config)
+        if grids:
+            summary["phantom_size"] = "mix of " + ", ".join(f"{r:g} mm ({share:.0%})" for r, share in grids.items())
         summary["phantom_doses"] = f"{variation.dose_range[0]:g}-{variation.dose_range[1]:g}"
         held = ", ".join(f"{a}@{f:g} T" for a, f in variation.exclude_pairs)
         summary["held_out_pairs"] = held or "none"
@@ -87,10 +102,10 @@ def export_trained(
     limits = []
     if "phantom" in data_kinds:
         grid = summary["phantom_size"]
-        if variation.resolutions_mm:
+        if grids:
             limits.append(
                 f"Trained on phantom subjects on a {grid} isotropic grids: voxel sizes outside "
-                f"{min(variation.resolutions_mm):g}-{max(variation.resolutions_mm):g} mm and anisotropic acquisitions "
+                f"{min(grids):g}-{max(grids):g} mm and anisotropic acquisitions "
                 "(thick slices) were not in training."
             )
         else:

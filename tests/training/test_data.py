@@ -319,6 +319,15 @@ class TestDataSpec:
                 variation=held_out,
             )
 
+    def test_card_counts_each_subject_once(self, tmp_path: Path) -> None:
+        """The grid mix a model card reports weights every subject once, whichever source drew its grid."""
+        from training.train_export import _drawn_grids
+
+        mix = PhantomVariation(size="full", resolutions_mm=(1.0, 1.0, 4.0))
+        config = TrainConfig(out=tmp_path / "m", data=("phantom:0-29", "phantom:100-109,grid=4"), variation=mix)
+        assert _drawn_grids(config) == pytest.approx({1.0: 0.5, 4.0: 0.5})
+        assert _drawn_grids(TrainConfig(out=tmp_path / "m", data=("phantom:0-29",))) == {}
+
     @pytest.mark.parametrize(
         ("text", "message"),
         [
