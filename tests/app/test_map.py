@@ -364,7 +364,8 @@ class TestSameAsBefore:
     series' "not quantitative T1 map" reason names one more ImageType value it lacks; no pixel changed.
     Both goldens were regenerated from a run of ce-lowdose-v1 1.3.0, which replaced 1.2.0 as the default (issue 12):
     new weights, and its manifest turns on the low-dose averaging, so every pixel of the synthetic series changed;
-    the report gained ``extra/postprocess/average_low_dose`` and the model-dependent figures changed.
+    the report gained ``extra/postprocess/average_low_dose`` and the model-dependent figures changed. They were
+    regenerated again from ce-lowdose-v1 1.5.0 (issue 12): new weights and error model, the same manifest otherwise.
     """
 
     def test_pixel_data_is_byte_for_byte_the_same(self, map_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

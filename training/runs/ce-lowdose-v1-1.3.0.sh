@@ -47,11 +47,12 @@ case "${1:-}" in
   evaluate)
     # The same sets as 1.2.0 (training/runs/ce-lowdose-v1-1mm.sh evaluate); 1.2.0's results move to
     # evaluation/ce-lowdose-v1-1.2.0 when this model is released, 1.1.0's stay in evaluation/ce-lowdose-v1-1.1.0.
-    evaluate_lowdose "$OUT" "${DEST:-evaluation/ce-lowdose-v1}" ;;
+    # 1.3.0's own results moved to evaluation/ce-lowdose-v1-1.3.0 when 1.5.0 was released.
+    evaluate_lowdose "$OUT" "${DEST:-evaluation/ce-lowdose-v1-1.3.0}" ;;
   trust)
     # The uncertainty map's error model is fitted to the model's own errors: 6 subjects that are neither training
     # nor test subjects, judged on the 1 mm test set. The input check's reference (ood.json) is 1.2.0's.
-    calibrate_uncertainty "$OUT" "${DEST:-evaluation/uncertainty}" ;;
+    calibrate_uncertainty "$OUT" "${DEST:-evaluation/uncertainty-1.3.0}" ;;
   *)
     echo "usage: $0 prepare|train|evaluate|trust" >&2; exit 2 ;;
 esac
