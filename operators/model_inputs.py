@@ -90,12 +90,13 @@ def condition_vector(
     contrast: dict[Role, ContrastInfo],
     volumes: dict[Role, Volume],
     sigma: float | None,
+    spacing: tuple[float, ...] | None = None,
 ) -> tuple[np.ndarray | None, dict[str, dict[str, Any]]]:
     """The manifest's condition vector from the study's contrast information.
 
     Values come from ``contrast[t1_low_dose]`` (dose, field strength, agent and r1, from the selector), else the
     series header (field strength), else the manifest's ``condition.defaults``; ``sigma`` is the normalization's
-    noise estimate.
+    noise estimate; ``voxel_mm`` is the geometric mean of ``spacing``, the grid the network runs on.
 
     Returns
     -------
@@ -119,6 +120,7 @@ def condition_vector(
         "field_strength_t": (_field_strength(volumes, contrast), "header"),
         "r1": (post.r1 if post else None, post.source if post else "missing"),
         "sigma": (sigma, "normalization"),
+        "voxel_mm": (None if spacing is None else float(np.prod(spacing)) ** (1.0 / len(spacing)), "grid"),
     }
     if found["r1"][0] is None and post is not None and post.agent and post.field_strength_t:
         found["r1"] = (relaxivity(post.agent, post.field_strength_t), "agent table")
@@ -127,6 +129,7 @@ def condition_vector(
         "field_strength_t": "MagneticFieldStrength",
         "r1": "ContrastBolusAgent",
         "sigma": "(noise estimate)",
+        "voxel_mm": "PixelSpacing + slice positions",
     }
     values: list[float] = []
     sources: dict[str, dict[str, Any]] = {}
@@ -240,7 +243,9 @@ def normalize(
             expected="a T1-weighted brain with positive intensities and noise",
             found=str(exc),
         ) from exc
-    condition, sources = condition_vector(manifest, contrast=contrast, volumes=registered.volumes, sigma=sigma)
+    condition, sources = condition_vector(
+        manifest, contrast=contrast, volumes=registered.volumes, sigma=sigma, spacing=spacing
+    )
     params["condition"] = sources
     params["seconds"] = time.perf_counter() - started
     inputs = np.stack([channels[name] for name in manifest.channel_names]).astype(np.float32, copy=False)

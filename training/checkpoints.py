@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from training.networks import DifferentialUNetConfig, NetworkConfig
-from training.networks.widen import can_widen, widen_state
+from training.networks.widen import add_condition_state, can_add_condition, can_widen, widen_state
 from training.train_config import TrainConfig, network_config
 
 __all__ = [
@@ -155,7 +155,8 @@ def initialize_from(network: torch.nn.Module, wanted: NetworkConfig, source: Pat
     re-learns the scale. That lets a model trained with a clipped target start the run that lifts the clip. A
     differential network may also start a wider one (more channels, everything else the same): the trained weights
     fill the first channels of every scale and the wider network computes what they computed
-    (``training.networks.widen``).
+    (``training.networks.widen``). Likewise a differential network may start one that also takes the voxel size
+    (the new condition feature starts with no influence).
 
     Raises
     ------
@@ -185,6 +186,16 @@ def initialize_from(network: torch.nn.Module, wanted: NetworkConfig, source: Pat
             list(wanted.widths),
         )
         state = widen_state(state, narrow, wanted)
+        recorded = wanted_fields
+    elif narrow is not None and isinstance(wanted, DifferentialUNetConfig) and can_add_condition(narrow, wanted):
+        logger.info(
+            "initializing from %s with the condition %s extended to %s: the new features start with no influence on "
+            "the output (training.networks.widen)",
+            source,
+            list(narrow.condition_names),
+            list(wanted.condition_names),
+        )
+        state = add_condition_state(state, narrow, wanted)
         recorded = wanted_fields
     if {**recorded, "output_max": None} == {**wanted_fields, "output_max": None} and recorded != wanted_fields:
         logger.info(

@@ -28,7 +28,13 @@ from training.manifests import (
     direct_manifest_fields,
 )
 from training.model_card import render_model_card
-from training.networks import CONDITION_FEATURES, DifferentialUNet, DirectUNet, describe_network
+from training.networks import (
+    CONDITION_FEATURES,
+    GRID_CONDITION_FEATURES,
+    DifferentialUNet,
+    DirectUNet,
+    describe_network,
+)
 
 __all__ = [
     "DEFAULT_INTENDED_USE",
@@ -61,7 +67,7 @@ class ExportMismatchError(RuntimeError):
 
 def random_check_inputs(network: torch.nn.Module, *, seed: int = 0) -> list[CheckInput]:
     """Random inputs that exercise the dynamic axes: two spatial sizes (multiples of the divisor), batch 1 and 2,
-    plus an odd size for the differential U-Net (which accepts any size); plausible [d, B, r1, sigma] conditions.
+    plus an odd size for the differential U-Net (which accepts any size); plausible [d, B, r1, sigma(, v)] conditions.
     """
     channels, features, divisor = describe_network(network)
     rng = np.random.default_rng(seed)
@@ -78,13 +84,14 @@ def random_check_inputs(network: torch.nn.Module, *, seed: int = 0) -> list[Chec
 
 
 def _random_condition(rng: np.random.Generator, n: int, features: int) -> np.ndarray:
-    if features != len(CONDITION_FEATURES):
+    if features not in (len(CONDITION_FEATURES), len(GRID_CONDITION_FEATURES)):
         return rng.uniform(0.0, 1.0, (n, features)).astype(np.float32)
     dose = rng.uniform(0.1, 0.33, n)
     field = rng.choice([1.5, 3.0], n)
     r1 = rng.uniform(3.4, 4.6, n)
     sigma = rng.uniform(0.01, 0.05, n)
-    return np.stack([dose, field, r1, sigma], axis=1).astype(np.float32)
+    voxel = rng.uniform(1.0, 4.0, n)
+    return np.stack([dose, field, r1, sigma, voxel][:features], axis=1).astype(np.float32)
 
 
 def export_onnx(

@@ -125,13 +125,15 @@ def differential_manifest_fields(
     description: str | None = None,
     intended_use: str = DEFAULT_INTENDED_USE,
     condition_defaults: Mapping[str, float] | None = None,
+    condition_features: Sequence[str] = CONDITION_FEATURES,
     patch_size: tuple[int, int, int] | None = None,
     patch_overlap: float = 0.5,
     spatial_divisor: int = 8,
     normalization: NormalizationSpec | None = None,
 ) -> dict[str, Any]:
     """Manifest fields (all but sha256) of a differential U-Net model: inputs z_ld, x_ld, s_ld, condition
-    [d, B, r1, sigma], output y_hat in units of sigma_LD (scale ``local_std``, non-negative), the target's w, b.
+    ``condition_features`` ([d, B, r1, sigma], optionally the voxel size), output y_hat in units of sigma_LD (scale
+    ``local_std``, non-negative), the target's w, b.
     """
     w, b = sigmoid_target_params(1.0)
     meanings = {
@@ -149,7 +151,7 @@ def differential_manifest_fields(
         **_low_dose_differential(normalization),
         "inputs": [InputChannel(name=c, meaning=meanings[c]) for c in DIFFERENTIAL_INPUTS],
         "condition": ConditionSpec.model_validate(
-            {"features": list(CONDITION_FEATURES), "defaults": dict(condition_defaults or {})}
+            {"features": list(condition_features), "defaults": dict(condition_defaults or {})}
         ),
         "output": OutputSpec(
             tensor="y_hat",

@@ -65,6 +65,9 @@ def train(
     width: Annotated[int | None, typer.Option(help="Channels at the finest scale (default 8 / 16 for direct).")] = None,
     depth: Annotated[int | None, typer.Option(help="Scales (differential) or levels (direct); default 4.")] = None,
     embedding_dim: Annotated[int | None, typer.Option(help="Condition embedding size (differential; 128).")] = None,
+    voxel_condition: Annotated[
+        bool, typer.Option(help="Differential: condition on the working grid's voxel size as well (5 features).")
+    ] = False,
     target_max: Annotated[
         float | None,
         typer.Option(help="Direct / zero-dose: top of the normalized target, 1 = pre-contrast p99.5 (default 4)."),
@@ -143,6 +146,7 @@ def train(
             width=width,
             depth=depth,
             embedding_dim=embedding_dim,
+            voxel_condition=voxel_condition,
             target_max=target_max,
             variation=PhantomVariation(
                 size=phantom_size,  # type: ignore[arg-type]  # validated by PhantomOptions

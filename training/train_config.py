@@ -15,6 +15,7 @@ from training.datasets import PatchSettings, PhantomVariation, parse_data_spec
 from training.losses import HUBER_EPS, PAPER_MARGIN, LossConfig, LossKind
 from training.manifests import build_manifest, differential_manifest_fields, direct_manifest_fields
 from training.networks import (
+    GRID_CONDITION_FEATURES,
     LOW_DOSE_DIRECT_INPUTS,
     DifferentialUNetConfig,
     DirectUNetConfig,
@@ -81,6 +82,8 @@ class TrainConfig:
         Fixed validation patches per held-out subject.
     width, depth, embedding_dim:
         Network size overrides (base width, scales / levels, condition embedding); None = defaults.
+    voxel_condition:
+        Differential: the condition also holds the voxel size of the working grid (``GRID_CONDITION_FEATURES``).
     target_max:
         Direct and zero-dose models: top of the normalized target and of the network's output (None =
         :data:`DIRECT_TARGET_MAX`; 1 = the clipped range of the models before issue 12).
@@ -132,6 +135,7 @@ class TrainConfig:
     width: int | None = None
     depth: int | None = None
     embedding_dim: int | None = None
+    voxel_condition: bool = False
     target_max: float | None = None
     variation: PhantomVariation = field(default_factory=PhantomVariation)
     patches: PatchSettings | None = None
@@ -166,6 +170,8 @@ class TrainConfig:
             raise ValueError(f"--device must be cpu, cuda[:N] or auto; found {self.device!r}")
         if self.memory_format not in _MEMORY_FORMATS:
             raise ValueError(f"--memory-format must be one of {list(_MEMORY_FORMATS)}; found {self.memory_format!r}")
+        if self.voxel_condition and self.model != "differential":
+            raise ValueError(f"--voxel-condition applies to differential models; found a {self.model} model")
         if self.target_max is not None and (self.model == "differential" or not 1.0 <= self.target_max <= 10.0):
             raise ValueError(
                 f"--target-max applies to direct and zero-dose models, within 1 to 10; found {self.target_max} for "
@@ -261,6 +267,8 @@ def network_config(config: TrainConfig) -> NetworkConfig:
             sizes["scales"] = config.depth
         if config.embedding_dim is not None:
             sizes["embedding_dim"] = config.embedding_dim
+        if config.voxel_condition:
+            sizes["condition_features"] = len(GRID_CONDITION_FEATURES)
         return DifferentialUNetConfig(**sizes)
     if config.width is not None:
         sizes["base_width"] = config.width
@@ -281,7 +289,11 @@ def manifest_fields(config: TrainConfig, network: NetworkConfig, gamma: float) -
     """Manifest fields (all but sha256) of the model a run exports, with the noise scale ``gamma``."""
     if isinstance(network, DifferentialUNetConfig):
         return differential_manifest_fields(
-            name=config.name, version=config.version, gamma=gamma, spatial_divisor=network.spatial_divisor
+            name=config.name,
+            version=config.version,
+            gamma=gamma,
+            spatial_divisor=network.spatial_divisor,
+            condition_features=network.condition_names,
         )
     return direct_manifest_fields(
         name=config.name,

@@ -309,6 +309,22 @@ class TestNormalize:
         np.testing.assert_allclose(vector, [0.33, 1.5, 3.9, 0.02], rtol=1e-6)
         assert sources["r1"]["source"] == "agent table"
 
+    def test_voxel_size_feature(self, pair: dict[str, np.ndarray]) -> None:
+        """A model conditioned on its grid gets the geometric mean of the spacing the network runs on."""
+        features: list[ConditionFeature] = ["dose", "voxel_mm"]
+        manifest = ModelManifest.load(BASELINE).model_copy(update={"condition": ConditionSpec(features=features)})
+        study, mask = _study(pair, (Role.T1_PRE, Role.T1_LOW_DOSE))
+        contrast = {Role.T1_LOW_DOSE: ContrastInfo(dose=0.25, agent="gadobutrol", field_strength_t=3.0, r1=4.5)}
+        vector, sources = condition_vector(
+            manifest, contrast=contrast, volumes=study.volumes, sigma=0.02, spacing=(1.0, 1.0, 8.0)
+        )
+        assert vector is not None and vector.tolist() == [0.25, 2.0]
+        assert sources["voxel_mm"] == {"value": 2.0, "source": "grid"}
+        normalized = normalize(study, mask, manifest, contrast=contrast)
+        spacing = study.images[Role.T1_PRE].GetSpacing()
+        assert normalized.condition is not None
+        assert normalized.condition[1] == pytest.approx(float(np.prod(spacing)) ** (1 / 3), rel=1e-6)
+
     def test_missing_dose_is_a_clear_input_error(self, pair: dict[str, np.ndarray]) -> None:
         manifest = ModelManifest.load(BASELINE)
         study, mask = _study(pair, (Role.T1_PRE, Role.T1_LOW_DOSE))

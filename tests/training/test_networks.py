@@ -80,6 +80,13 @@ class TestDifferentialShapes:
     def test_inputs_and_condition_names(self) -> None:
         assert DIFFERENTIAL_INPUTS == ("z_ld", "x_ld", "s_ld")
         assert CONDITION_FEATURES == ("dose", "field_strength_t", "r1", "sigma")
+        assert DifferentialUNetConfig().condition_names == CONDITION_FEATURES
+        grid = DifferentialUNetConfig(condition_features=5)
+        assert grid.condition_names == (*CONDITION_FEATURES, "voxel_mm")
+        offset, scale = grid.resolved_condition_standardization()
+        assert offset[:4] == DifferentialUNetConfig().resolved_condition_standardization()[0] and scale[4] > 0
+        with pytest.raises(ValueError, match="this one has 3 feature"):
+            _ = DifferentialUNetConfig(condition_features=3).condition_names
 
 
 class TestDifferentialBehaviour:

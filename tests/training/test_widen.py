@@ -1,14 +1,16 @@
-"""Widening a trained differential U-Net: the wider network starts as the trained one, and its new channels learn."""
+"""Widening a trained differential U-Net (more channels, or the voxel size in its condition): the wider network
+starts as the trained one, and its new weights learn."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from training.networks import DifferentialUNet, DifferentialUNetConfig
-from training.networks.widen import can_widen, widen_state
+from training.networks.widen import add_condition_state, can_add_condition, can_widen, widen_state
 
 NARROW = DifferentialUNetConfig(base_width=4, embedding_dim=16)
 WIDE = DifferentialUNetConfig(base_width=6, embedding_dim=16)
@@ -91,3 +93,79 @@ def test_a_run_starts_wider_from_a_narrow_model_folder(trained: DifferentialUNet
     image, condition = _inputs()
     with torch.no_grad():
         torch.testing.assert_close(wide.eval()(image, condition), trained(image, condition), atol=1e-5, rtol=1e-4)
+
+
+GRID = DifferentialUNetConfig(base_width=4, embedding_dim=16, condition_features=5)
+
+
+def _with_voxel(condition: torch.Tensor, voxel_mm: float) -> torch.Tensor:
+    return torch.cat([condition, torch.full((condition.shape[0], 1), voxel_mm)], dim=1)
+
+
+def test_the_voxel_size_starts_with_no_influence(trained: DifferentialUNet) -> None:
+    """A network that also takes the voxel size starts as the trained one, for every voxel size, and then learns it."""
+    assert can_add_condition(NARROW, GRID) and not can_widen(NARROW, GRID)
+    grid = DifferentialUNet(GRID)
+    grid.load_state_dict(add_condition_state(trained.state_dict(), NARROW, GRID))
+    image, condition = _inputs()
+    with torch.no_grad():
+        expected = trained(image, condition)
+        for voxel_mm in (1.0, 4.0):
+            torch.testing.assert_close(grid.eval()(image, _with_voxel(condition, voxel_mm)), expected)
+    assert GRID.condition_names[-1] == "voxel_mm"
+    grid.train()(image, _with_voxel(condition, 4.0)).square().mean().backward()
+    first = grid.embedding.mlp[0].weight
+    assert torch.all(first[:, 4] == 0) and first.grad is not None and float(first.grad[:, 4].abs().sum()) > 0
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        DifferentialUNetConfig(base_width=6, embedding_dim=16, condition_features=5),  # wider as well
+        DifferentialUNetConfig(base_width=4, embedding_dim=16, condition_features=5, condition_offset=(0,) * 5),
+        NARROW,  # nothing to add
+    ],
+)
+def test_only_the_condition_may_grow(trained: DifferentialUNet, other: DifferentialUNetConfig) -> None:
+    assert not can_add_condition(NARROW, other)
+    with pytest.raises(ValueError, match="cannot extend the condition"):
+        add_condition_state(trained.state_dict(), NARROW, other)
+
+
+def test_a_run_with_the_voxel_condition_starts_from_a_model_folder(trained: DifferentialUNet, tmp_path: Path) -> None:
+    """`gadsynth train --voxel-condition --init-from` a 4-feature model folder; its export names the fifth feature."""
+    from training.checkpoints import initialize_from
+    from training.export import differential_manifest_fields, write_model_folder
+    from training.train_config import TrainConfig, manifest_fields, network_config
+
+    folder = tmp_path / "ce-narrow"
+    write_model_folder(trained, folder, differential_manifest_fields(name="ce-narrow", version="0.0.1", gamma=1.0))
+    config = TrainConfig(
+        out=tmp_path / "out", data=("phantom:0-1",), width=4, embedding_dim=16, voxel_condition=True, init_from=folder
+    )
+    wanted = network_config(config)
+    assert wanted == GRID
+    grid = DifferentialUNet(wanted)
+    initialize_from(grid, wanted, folder)
+    image, condition = _inputs()
+    with torch.no_grad():
+        found = grid.eval()(image, _with_voxel(condition, 1.0))
+        torch.testing.assert_close(found, trained(image, condition), atol=1e-5, rtol=1e-4)
+    fields = manifest_fields(config, wanted, gamma=1.0)
+    assert fields["condition"].features == ["dose", "field_strength_t", "r1", "sigma", "voxel_mm"]
+    out = tmp_path / "ce-grid"
+    write_model_folder(
+        grid,
+        out,
+        differential_manifest_fields(
+            name="ce-grid", version="0.0.1", gamma=1.0, condition_features=wanted.condition_names
+        ),
+    )
+    assert json.loads((out / "manifest.json").read_text())["condition"]["features"][-1] == "voxel_mm"
+
+
+def test_the_voxel_condition_is_for_differential_models(tmp_path: Path) -> None:
+    from training.train_config import TrainConfig
+
+    with pytest.raises(ValueError, match="--voxel-condition applies to differential models"):
+        TrainConfig(out=tmp_path, data=("phantom:0-1",), model="direct", voxel_condition=True)

@@ -43,8 +43,15 @@ logger = logging.getLogger(__name__)
 FULL_SHAPE: tuple[int, int, int] = (192, 256, 256)
 #: Issue 5: inference of the default model on a full-size volume on the 2-core machine takes at most this long.
 TARGET_S = 15.0
-#: Condition values used when the manifest gives no default (a typical 25% dose of a macrocyclic agent at 3 T).
-TYPICAL_CONDITION: dict[str, float] = {"dose": 0.25, "field_strength_t": 3.0, "r1": 4.5, "sigma": 0.03}
+#: Condition values used when the manifest gives no default (a typical 25% dose of a macrocyclic agent at 3 T,
+#: on the full 1 mm grid).
+TYPICAL_CONDITION: dict[str, float] = {
+    "dose": 0.25,
+    "field_strength_t": 3.0,
+    "r1": 4.5,
+    "sigma": 0.03,
+    "voxel_mm": 1.0,
+}
 ROWS = ("ort", "eager")
 #: Semi-axes of the synthetic brain as fractions of the grid (slices, rows, columns): the brain masks of 1 mm
 #: phantom subjects span about 155 x 188 x 165 of 192 x 256 x 256 voxels. The network runs on that box plus a

@@ -10,6 +10,7 @@ from torch import nn
 from training.networks.differential import (
     CONDITION_FEATURES,
     DIFFERENTIAL_INPUTS,
+    GRID_CONDITION_FEATURES,
     DifferentialUNet,
     DifferentialUNetConfig,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "CONDITION_FEATURES",
     "DIFFERENTIAL_INPUTS",
     "DIRECT_INPUTS",
+    "GRID_CONDITION_FEATURES",
     "LOW_DOSE_DIRECT_INPUTS",
     "ZERO_DOSE_INPUTS",
     "ZERO_DOSE_T1_MAP_INPUTS",

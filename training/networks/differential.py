@@ -22,6 +22,7 @@ from training.networks.blocks import (
 __all__ = [
     "CONDITION_FEATURES",
     "DIFFERENTIAL_INPUTS",
+    "GRID_CONDITION_FEATURES",
     "DifferentialUNet",
     "DifferentialUNetConfig",
 ]
@@ -34,9 +35,13 @@ DIFFERENTIAL_INPUTS: tuple[str, ...] = ("z_ld", "x_ld", "s_ld")
 #: Condition vector in order (names as in the model manifest): relative dose d, field strength B (T),
 #: relaxivity r1 (1/(mM*s)), low-dose noise level sigma_LD (normalized intensity).
 CONDITION_FEATURES: tuple[str, ...] = ("dose", "field_strength_t", "r1", "sigma")
-#: Fixed standardization of [d, B, r1, sigma] before the MLP: typical centre and spread of each feature.
-DEFAULT_CONDITION_OFFSET: tuple[float, ...] = (0.2, 2.25, 4.0, 0.03)
-DEFAULT_CONDITION_SCALE: tuple[float, ...] = (0.1, 0.75, 0.5, 0.02)
+#: The condition of a network that also knows its grid: [d, B, r1, sigma] and the voxel size v (mm, the geometric
+#: mean of the working grid's spacing). One set of weights for 1 mm and 4 mm voxels settles between the gains each
+#: grid needs (issue 12); with v the embedding can shift every block per grid.
+GRID_CONDITION_FEATURES: tuple[str, ...] = (*CONDITION_FEATURES, "voxel_mm")
+#: Fixed standardization of [d, B, r1, sigma, v] before the MLP: typical centre and spread of each feature.
+DEFAULT_CONDITION_OFFSET: tuple[float, ...] = (0.2, 2.25, 4.0, 0.03, 2.0)
+DEFAULT_CONDITION_SCALE: tuple[float, ...] = (0.1, 0.75, 0.5, 0.02, 1.0)
 #: Initialization of the output convolution: weights scaled down, bias positive (in units of sigma_LD-normalized
 #: intensity), so that the output ReLU passes gradient everywhere when training starts.
 HEAD_WEIGHT_SCALE = 0.1
@@ -52,7 +57,7 @@ class DifferentialUNetConfig(SerializableConfig):
     in_channels:
         Input channels (3: z_LD, x_LD, s_LD).
     condition_features:
-        Length of the condition vector (4: d, B, r1, sigma).
+        Length of the condition vector: 4 (d, B, r1, sigma) or 5 (and the voxel size, ``GRID_CONDITION_FEATURES``).
     base_width:
         Channels at the finest scale; doubled per scale (the paper uses 32).
     scales:
@@ -73,8 +78,8 @@ class DifferentialUNetConfig(SerializableConfig):
     input_pyramid:
         Feed the down-scaled input images into every coarser scale as well (the paper's figure 9).
     condition_offset, condition_scale:
-        Fixed standardization (c - offset) / scale of the condition; None = defaults for [d, B, r1, sigma]
-        (or 0 / 1 when ``condition_features`` is not 4).
+        Fixed standardization (c - offset) / scale of the condition; None = defaults for [d, B, r1, sigma] and
+        [d, B, r1, sigma, v] (0 / 1 for any other length).
     """
 
     in_channels: int = 3
@@ -136,11 +141,29 @@ class DifferentialUNetConfig(SerializableConfig):
         """Sizes that are multiples of this down-sample exactly by 2 at every scale (any size is accepted)."""
         return int(2 ** (self.scales - 1))
 
+    @property
+    def condition_names(self) -> tuple[str, ...]:
+        """Names of the condition features in order (as in the model manifest).
+
+        Raises
+        ------
+        ValueError
+            When the length is neither 4 nor 5: no manifest names such a condition.
+        """
+        for names in (CONDITION_FEATURES, GRID_CONDITION_FEATURES):
+            if len(names) == self.condition_features:
+                return names
+        raise ValueError(
+            f"a differential U-Net's condition is {list(CONDITION_FEATURES)} or {list(GRID_CONDITION_FEATURES)}; "
+            f"this one has {self.condition_features} feature(s)"
+        )
+
     def resolved_condition_standardization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(offset, scale) actually used for the condition."""
         n = self.condition_features
-        default_offset = DEFAULT_CONDITION_OFFSET if n == len(DEFAULT_CONDITION_OFFSET) else (0.0,) * n
-        default_scale = DEFAULT_CONDITION_SCALE if n == len(DEFAULT_CONDITION_SCALE) else (1.0,) * n
+        known = n in (len(CONDITION_FEATURES), len(GRID_CONDITION_FEATURES))
+        default_offset = DEFAULT_CONDITION_OFFSET[:n] if known else (0.0,) * n
+        default_scale = DEFAULT_CONDITION_SCALE[:n] if known else (1.0,) * n
         offset = self.condition_offset if self.condition_offset is not None else default_offset
         scale = self.condition_scale if self.condition_scale is not None else default_scale
         return tuple(float(v) for v in offset), tuple(float(v) for v in scale)

@@ -10,6 +10,10 @@ noise of a split).
 
 Only the channel counts may differ (``base_width``, and ``max_width`` through it); the condition embedding, the
 scales, the blocks and the input channels must be the same.
+
+The condition can grow the same way (:func:`add_condition_state`): a network trained on [d, B, r1, sigma] starts a
+network that also takes the voxel size, with zero weights from the new feature into the embedding's first layer, so
+it computes what it computed for any value of the new feature until training moves those weights.
 """
 
 from __future__ import annotations
@@ -20,13 +24,53 @@ import torch
 
 from training.networks.differential import DifferentialUNet, DifferentialUNetConfig
 
-__all__ = ["can_widen", "widen_state"]
+__all__ = ["add_condition_state", "can_add_condition", "can_widen", "widen_state"]
 
 
 def can_widen(narrow: DifferentialUNetConfig, wide: DifferentialUNetConfig) -> bool:
     """True when ``wide`` differs from ``narrow`` only in channel counts, none of them smaller."""
     same = {**narrow.to_dict(), "base_width": 0, "max_width": 0} == {**wide.to_dict(), "base_width": 0, "max_width": 0}
     return same and all(a <= b for a, b in zip(narrow.widths, wide.widths, strict=True)) and narrow != wide
+
+
+def can_add_condition(narrow: DifferentialUNetConfig, wide: DifferentialUNetConfig) -> bool:
+    """True when ``wide`` differs from ``narrow`` only in taking more condition features (default standardization)."""
+    keys = ("condition_features", "condition_offset", "condition_scale")
+    rest = {**narrow.to_dict(), **dict.fromkeys(keys)} == {**wide.to_dict(), **dict.fromkeys(keys)}
+    defaults = all(getattr(c, k) is None for c in (narrow, wide) for k in keys[1:])
+    return rest and defaults and wide.condition_features > narrow.condition_features
+
+
+def add_condition_state(
+    state: Mapping[str, torch.Tensor], narrow: DifferentialUNetConfig, wide: DifferentialUNetConfig
+) -> dict[str, torch.Tensor]:
+    """The state dict of ``wide`` (more condition features) that computes what ``state`` computes.
+
+    The embedding's first linear layer gets zero weights for the new features; its standardization buffers are
+    ``wide``'s own (the trained features keep their values: the defaults are shared); every other tensor is copied.
+
+    Raises
+    ------
+    ValueError
+        When ``wide`` differs in more than the condition's length, or ``state`` does not fit ``narrow``.
+    """
+    if not can_add_condition(narrow, wide):
+        raise ValueError(f"cannot extend the condition of {narrow.to_dict()} to {wide.to_dict()}")
+    try:
+        DifferentialUNet(narrow).load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"add_condition_state: the weights are not those of {narrow.to_dict()}: {error}") from None
+    fresh = DifferentialUNet(wide).state_dict()
+    result = {key: value.clone() for key, value in state.items()}
+    first = "embedding.mlp.0.weight"
+    weight = torch.zeros_like(fresh[first])
+    weight[:, : narrow.condition_features] = state[first]
+    result[first] = weight
+    for key in ("embedding.offset", "embedding.scale"):
+        if not torch.equal(fresh[key][: narrow.condition_features], state[key]):
+            raise ValueError(f"add_condition_state: {key} of the trained features differs from the defaults")
+        result[key] = fresh[key].clone()
+    return result
 
 
 def widen_state(
