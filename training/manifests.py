@@ -146,7 +146,8 @@ def differential_manifest_fields(
         "version": version,
         "description": description
         or "Conditional differential U-Net (Pinetz et al.): predicts the standard-dose contrast signal from the "
-        "low-dose subtraction, conditioned on dose, field strength, relaxivity and noise level.",
+        "low-dose subtraction, conditioned on dose, field strength, relaxivity and noise level"
+        + (" and on the voxel size of its grid." if "voxel_mm" in condition_features else "."),
         "intended_use": intended_use,
         **_low_dose_differential(normalization),
         "inputs": [InputChannel(name=c, meaning=meanings[c]) for c in DIFFERENTIAL_INPUTS],

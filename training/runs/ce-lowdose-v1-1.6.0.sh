@@ -9,6 +9,9 @@
 # (training.networks.widen.add_condition_state: the network starts as 1.5.0 exactly), and repeats 1.5.0's stage:
 # its data, grids, patches, batch, held-out pairs and validation; 1,200 steps at a higher first learning rate
 # (1e-4 to 1e-6) so that the new weights, which start at zero, can move.
+# A first run standardized v by 1 mm (RUN and OUT then ended in -scale1): its weights from v moved to at most 0.01 and
+# the 4 mm set did not move (c-bar 0.710 vs 1.5.0's 0.708, PSNR_L 16.7 vs 16.8 dB; evaluation/ce-lowdose-v1-candidate-
+# 1.6.0-scale1). v is now standardized by 0.1 mm (DEFAULT_CONDITION_SCALE), ten times the effective learning rate.
 # Every step is resumable: run it again and prepared samples, checkpoints and cached evaluation studies are reused.
 #   training/runs/ce-lowdose-v1-1.6.0.sh prepare    # ~30-40 s per 1 mm subject, a few s per coarse one
 #   training/runs/ce-lowdose-v1-1.6.0.sh train      # CPU, 2 threads, channels_last; continues from the last checkpoint
