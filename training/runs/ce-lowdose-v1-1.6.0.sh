@@ -12,6 +12,10 @@
 # A first run standardized v by 1 mm (RUN and OUT then ended in -scale1): its weights from v moved to at most 0.01 and
 # the 4 mm set did not move (c-bar 0.710 vs 1.5.0's 0.708, PSNR_L 16.7 vs 16.8 dB; evaluation/ce-lowdose-v1-candidate-
 # 1.6.0-scale1). v is now standardized by 0.1 mm (DEFAULT_CONDITION_SCALE), ten times the effective learning rate.
+# Result of this second run (not shipped; evaluation/ce-lowdose-v1-candidate-1.6.0/SUMMARY.md): the same. Weights
+# from v at most 0.0098; 4 mm set c-bar 0.710, PSNR_L 16.7 dB; 1 mm main set PSNR_L 22.6 dB (1.5.0 23.0), c-bar
+# 0.923 (0.935), c-bar at d = 0.1 0.739 (0.741), every figure within its SE of 1.5.0. The voxel size is not what
+# the 4 mm grid lacks.
 # Every step is resumable: run it again and prepared samples, checkpoints and cached evaluation studies are reused.
 #   training/runs/ce-lowdose-v1-1.6.0.sh prepare    # ~30-40 s per 1 mm subject, a few s per coarse one
 #   training/runs/ce-lowdose-v1-1.6.0.sh train      # CPU, 2 threads, channels_last; continues from the last checkpoint
