@@ -19,6 +19,7 @@ __all__ = [
     "SSIM_TRUNCATE",
     "LossConfig",
     "LossKind",
+    "Reduction",
     "compute_loss",
     "contrast_target",
     "crop_margin",
@@ -35,8 +36,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LossKind = Literal["weighted_huber", "l1", "l2", "ssim"]
-Reduction = Literal["mean", "sum"]
+Reduction = Literal["mean", "sum", "patch"]
 _KINDS: tuple[str, ...] = ("weighted_huber", "l1", "l2", "ssim")
+_REDUCTIONS: tuple[str, ...] = ("mean", "sum", "patch")
 #: The paper's weighted Huber loss (Pinetz et al.): weight outside the brain, extra weight on enhancing voxels,
 #: Huber threshold; the defaults of ``weighted_huber_loss`` and of ``LossConfig``.
 HUBER_LAMBDA1 = 0.01
@@ -139,12 +141,17 @@ def _check_same_shape(**tensors: torch.Tensor) -> None:
         raise ValueError(f"loss inputs must be (N, C, D, H, W); found shape {first}")
 
 
-def _reduce(values: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+def _reduce(values: torch.Tensor, reduction: Reduction, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum, mean over all voxels, or (``patch``) each sample's mean (weighted by ``weight``), averaged over samples."""
     if reduction == "sum":
         return values.sum()
     if reduction == "mean":
         return values.mean()
-    raise ValueError(f"reduction must be 'mean' or 'sum'; found {reduction!r}")
+    if reduction == "patch":
+        per_sample = values.flatten(1).sum(1)
+        counted = torch.full_like(per_sample, values[0].numel()) if weight is None else weight.flatten(1).sum(1)
+        return (per_sample / counted.clamp_min(torch.finfo(values.dtype).tiny)).mean()
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'patch'; found {reduction!r}")
 
 
 def weighted_huber_loss(
@@ -179,7 +186,11 @@ def weighted_huber_loss(
         Voxels ignored at each face of the patch (8), against boundary artefacts.
     reduction:
         ``"sum"``: the paper's sum over voxels and samples; ``"mean"``: that sum divided by the number of voxels
-        counted (same minimizer, independent of patch and batch size).
+        counted (same minimizer, independent of patch and batch size): every voxel counts the same, so a sample
+        with more brain in its patch counts more; ``"patch"``: each sample's weighted mean (its sum divided by its
+        own sum of weights), averaged over the samples: every patch counts the same, whatever its voxel size. A
+        patch of a 1 mm study holds about seven times the brain voxels of a whole 4 mm study, so under ``mean``
+        a mix of grids trains the coarse grid with a seventh of the weight its share of subjects suggests.
 
     Raises
     ------
@@ -189,7 +200,7 @@ def weighted_huber_loss(
     _check_same_shape(prediction=prediction, target=target, brain=brain, p=p)
     weight = brain + lambda1 + lambda2 * p
     huber = functional.huber_loss(prediction, target, reduction="none", delta=eps)
-    return _reduce(crop_margin(weight * huber, margin), reduction)
+    return _reduce(crop_margin(weight * huber, margin), reduction, crop_margin(weight, margin))
 
 
 def l1_loss(
@@ -290,7 +301,8 @@ class LossConfig:
     ssim_sigma, data_range:
         SSIM Gaussian window std and the intensity range of the images.
     reduction:
-        ``mean`` or ``sum`` over voxels (see ``weighted_huber_loss``).
+        ``mean`` or ``sum`` over voxels, or ``patch``: each patch's (weighted) mean, averaged over the batch (see
+        ``weighted_huber_loss``).
     """
 
     kind: LossKind = "weighted_huber"
@@ -306,6 +318,8 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ValueError(f"loss kind must be one of {list(_KINDS)}; found {self.kind!r}")
+        if self.reduction not in _REDUCTIONS:
+            raise ValueError(f"loss reduction must be one of {list(_REDUCTIONS)}; found {self.reduction!r}")
         if self.eps <= 0 or self.lambda1 < 0 or self.lambda2 < 0 or self.ssim_weight < 0:
             raise ValueError(
                 f"loss weights must be >= 0 and eps > 0; found lambda1={self.lambda1}, lambda2={self.lambda2}, "

@@ -58,6 +58,10 @@ def train(
     huber_eps: Annotated[
         float | None, typer.Option(help="Weighted Huber threshold in target units (default: the paper's 0.1).")
     ] = None,
+    loss_reduction: Annotated[
+        str,
+        typer.Option(help="mean (each voxel counts the same), sum, or patch (each patch counts the same)."),
+    ] = "mean",
     seed: Annotated[int, typer.Option(help="Seed of the initialization, subject order and patch draws.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 100,
     val_every: Annotated[int, typer.Option(help="Steps between validation losses.")] = 100,
@@ -138,6 +142,7 @@ def train(
             loss=loss,  # type: ignore[arg-type]  # validated by LossConfig
             margin=margin,
             huber_eps=huber_eps,
+            loss_reduction=loss_reduction,  # type: ignore[arg-type]  # validated by LossConfig
             seed=seed,
             threads=threads,
             checkpoint_every=checkpoint_every,

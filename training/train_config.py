@@ -12,7 +12,7 @@ import torch
 
 from operators.model_manifest import ModelManifest
 from training.datasets import PatchSettings, PhantomVariation, parse_data_spec
-from training.losses import HUBER_EPS, PAPER_MARGIN, LossConfig, LossKind
+from training.losses import HUBER_EPS, PAPER_MARGIN, LossConfig, LossKind, Reduction
 from training.manifests import build_manifest, differential_manifest_fields, direct_manifest_fields
 from training.networks import (
     GRID_CONDITION_FEATURES,
@@ -72,6 +72,9 @@ class TrainConfig:
         Threshold of the weighted Huber loss in target units (None = the paper's 0.1): residuals above it are
         penalized linearly, which pulls a prediction toward the median of what the input allows, below it
         quadratically (toward the mean).
+    loss_reduction:
+        ``mean`` (every voxel of the batch counts the same), ``sum``, or ``patch`` (every patch counts the same,
+        whatever its voxel size; see ``training.losses.weighted_huber_loss``).
     seed:
         Seeds the network initialization, the subject order and every patch draw.
     threads:
@@ -127,6 +130,7 @@ class TrainConfig:
     loss: LossKind | None = None
     margin: int = PAPER_MARGIN
     huber_eps: float | None = None
+    loss_reduction: Reduction = "mean"
     seed: int = 0
     threads: int = 1
     checkpoint_every: int = 100
@@ -191,7 +195,12 @@ class TrainConfig:
     @property
     def loss_config(self) -> LossConfig:
         kind: LossKind = self.loss or ("weighted_huber" if self.model == "differential" else "l2")
-        return LossConfig(kind=kind, margin=self.margin, eps=HUBER_EPS if self.huber_eps is None else self.huber_eps)
+        return LossConfig(
+            kind=kind,
+            margin=self.margin,
+            eps=HUBER_EPS if self.huber_eps is None else self.huber_eps,
+            reduction=self.loss_reduction,
+        )
 
     @property
     def work(self) -> Path:

@@ -149,7 +149,7 @@ class TestWeightedHuber:
 
     def test_unknown_reduction(self) -> None:
         x = torch.zeros(1, 1, 4, 4, 4)
-        with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'patch'"):
             weighted_huber_loss(x, x, x, x, margin=0, reduction="max")  # type: ignore[arg-type]
 
     def test_gradient_flows(self) -> None:
@@ -160,6 +160,60 @@ class TestWeightedHuber:
         assert prediction.grad is not None
         assert float(prediction.grad[..., 9, 9, 9]) < 0.0  # pushes the prediction up towards the target
         assert float(prediction.grad[..., 0, 0, 0]) == 0.0  # margin voxel
+
+
+class TestPatchReduction:
+    """``reduction="patch"``: every patch counts the same, however much brain its grid puts in it (issue 12)."""
+
+    @staticmethod
+    def _batch(brain_voxels: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """Two 1x4x16 patches with brain in the first ``n`` voxels of each, the prediction 0.05 off inside it."""
+        brain = torch.zeros(2, 1, 1, 4, 16)
+        for sample, n in enumerate(brain_voxels):
+            brain.view(2, -1)[sample, :n] = 1.0
+        prediction = 0.05 * brain
+        return prediction, torch.zeros_like(brain), brain, torch.zeros_like(brain)
+
+    def test_hand_computation(self) -> None:
+        prediction, target, brain, p = self._batch((64, 8))
+        per_voxel = 0.5 * 0.05**2  # Huber below eps, weight 1.01 in the brain, 0.01 outside (no error there)
+        expected = [1.01 * 64 * per_voxel / (1.01 * 64), 1.01 * 8 * per_voxel / (1.01 * 8 + 0.01 * 56)]
+        found = weighted_huber_loss(prediction, target, brain, p, margin=0, reduction="patch")
+        assert found.item() == pytest.approx(sum(expected) / 2, rel=1e-6)
+
+    def test_a_coarse_patch_pulls_as_hard_as_a_fine_one(self) -> None:
+        """The same error in a patch with an eighth of the brain gets (nearly) the same total gradient under
+        ``patch``, an eighth of it under ``mean``."""
+        shares = {}
+        for reduction in ("mean", "patch"):
+            prediction, target, brain, p = self._batch((64, 8))
+            prediction.requires_grad_(True)
+            weighted_huber_loss(prediction, target, brain, p, margin=0, reduction=reduction).backward()
+            assert prediction.grad is not None
+            pull = prediction.grad.abs().flatten(1).sum(1)
+            shares[reduction] = float(pull[1] / pull[0])
+        assert shares["mean"] == pytest.approx(8 / 64, rel=1e-6)
+        assert shares["patch"] == pytest.approx((1.01 * 64) / (1.01 * 8 + 0.01 * 56) * 8 / 64, rel=1e-6)
+        assert 0.9 < shares["patch"] <= 1.0
+
+    def test_equal_patches_give_the_mean(self) -> None:
+        """With the same brain in every patch, ``patch`` is ``mean`` times a constant (the same minimizer)."""
+        torch.manual_seed(5)
+        prediction, target = torch.rand(2, 1, 20, 20, 20), torch.rand(2, 1, 20, 20, 20)
+        brain, p = torch.ones_like(prediction), torch.zeros_like(prediction)
+        mean = weighted_huber_loss(prediction, target, brain, p, reduction="mean")
+        patch = weighted_huber_loss(prediction, target, brain, p, reduction="patch")
+        assert patch.item() == pytest.approx(mean.item() / 1.01, rel=1e-5)
+        l2_patch = l2_loss(prediction, target, reduction="patch")
+        assert l2_patch.item() == pytest.approx(l2_loss(prediction, target).item())
+
+    def test_through_the_config(self) -> None:
+        prediction, target, brain, p = self._batch((64, 8))
+        config = LossConfig(margin=0, reduction="patch")
+        expected = weighted_huber_loss(prediction, target, brain, p, margin=0, reduction="patch")
+        assert compute_loss(config, prediction, target, brain=brain, p=p).item() == pytest.approx(expected.item())
+        with pytest.raises(ValueError, match="loss reduction must be one of"):
+            LossConfig(reduction="max")  # type: ignore[arg-type]
 
 
 class TestL1L2:

@@ -407,6 +407,15 @@ class TestTrainErrors:
         assert default.loss_config.eps == 0.1 and wider.loss_config.eps == 1.0
         assert default.identity()["loss"]["eps"] == 0.1 and wider.identity()["loss"]["eps"] == 1.0
 
+    def test_loss_reduction_is_part_of_the_run(self, tmp_path: Path) -> None:
+        """--loss-reduction patch reaches the loss and the run identity; the default stays the voxel mean, so
+        checkpoints of runs from before the option still resume."""
+        default = TrainConfig(out=tmp_path / "m")
+        balanced = TrainConfig(out=tmp_path / "m", loss_reduction="patch")
+        assert default.loss_config.reduction == "mean" and balanced.loss_config.reduction == "patch"
+        assert default.identity()["loss"]["reduction"] == "mean"
+        assert balanced.identity()["loss"]["reduction"] == "patch"
+
     def test_target_max_is_for_direct_models(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="--target-max applies to direct and zero-dose models"):
             TrainConfig(model="differential", out=tmp_path / "m", target_max=2.0)
