@@ -72,6 +72,10 @@ def train(
     voxel_condition: Annotated[
         bool, typer.Option(help="Differential: condition on the working grid's voxel size as well (5 features).")
     ] = False,
+    voxel_scale: Annotated[
+        float | None,
+        typer.Option(help="With --voxel-condition: standardization scale of the voxel size in mm (default 0.1)."),
+    ] = None,
     target_max: Annotated[
         float | None,
         typer.Option(help="Direct / zero-dose: top of the normalized target, 1 = pre-contrast p99.5 (default 4)."),
@@ -152,6 +156,7 @@ def train(
             depth=depth,
             embedding_dim=embedding_dim,
             voxel_condition=voxel_condition,
+            voxel_scale=voxel_scale,
             target_max=target_max,
             variation=PhantomVariation(
                 size=phantom_size,  # type: ignore[arg-type]  # validated by PhantomOptions

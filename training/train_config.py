@@ -15,6 +15,8 @@ from training.datasets import PatchSettings, PhantomVariation, parse_data_spec
 from training.losses import HUBER_EPS, PAPER_MARGIN, LossConfig, LossKind, Reduction
 from training.manifests import build_manifest, differential_manifest_fields, direct_manifest_fields
 from training.networks import (
+    CONDITION_FEATURES,
+    DEFAULT_CONDITION_SCALE,
     GRID_CONDITION_FEATURES,
     LOW_DOSE_DIRECT_INPUTS,
     DifferentialUNetConfig,
@@ -87,6 +89,11 @@ class TrainConfig:
         Network size overrides (base width, scales / levels, condition embedding); None = defaults.
     voxel_condition:
         Differential: the condition also holds the voxel size of the working grid (``GRID_CONDITION_FEATURES``).
+    voxel_scale:
+        With ``voxel_condition``: the voxel size's standardization scale in mm (None = the default, 0.1 mm;
+        ``(v - 2 mm) / scale`` enters the embedding). Its weights start at zero and Adam moves a weight by about
+        the learning rate per step whatever its input's size, so a smaller scale lets the voxel size change the
+        embedding faster.
     target_max:
         Direct and zero-dose models: top of the normalized target and of the network's output (None =
         :data:`DIRECT_TARGET_MAX`; 1 = the clipped range of the models before issue 12).
@@ -140,6 +147,7 @@ class TrainConfig:
     depth: int | None = None
     embedding_dim: int | None = None
     voxel_condition: bool = False
+    voxel_scale: float | None = None
     target_max: float | None = None
     variation: PhantomVariation = field(default_factory=PhantomVariation)
     patches: PatchSettings | None = None
@@ -176,6 +184,8 @@ class TrainConfig:
             raise ValueError(f"--memory-format must be one of {list(_MEMORY_FORMATS)}; found {self.memory_format!r}")
         if self.voxel_condition and self.model != "differential":
             raise ValueError(f"--voxel-condition applies to differential models; found a {self.model} model")
+        if self.voxel_scale is not None and not (self.voxel_condition and self.voxel_scale > 0):
+            raise ValueError(f"--voxel-scale needs --voxel-condition and a positive scale; found {self.voxel_scale}")
         if self.target_max is not None and (self.model == "differential" or not 1.0 <= self.target_max <= 10.0):
             raise ValueError(
                 f"--target-max applies to direct and zero-dose models, within 1 to 10; found {self.target_max} for "
@@ -278,6 +288,8 @@ def network_config(config: TrainConfig) -> NetworkConfig:
             sizes["embedding_dim"] = config.embedding_dim
         if config.voxel_condition:
             sizes["condition_features"] = len(GRID_CONDITION_FEATURES)
+            if config.voxel_scale is not None:
+                sizes["condition_scale"] = (*DEFAULT_CONDITION_SCALE[: len(CONDITION_FEATURES)], config.voxel_scale)
         return DifferentialUNetConfig(**sizes)
     if config.width is not None:
         sizes["base_width"] = config.width

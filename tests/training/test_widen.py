@@ -169,3 +169,23 @@ def test_the_voxel_condition_is_for_differential_models(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="--voxel-condition applies to differential models"):
         TrainConfig(out=tmp_path, data=("phantom:0-1",), model="direct", voxel_condition=True)
+
+
+def test_a_smaller_voxel_scale_still_starts_from_the_narrow_model(trained: DifferentialUNet, tmp_path: Path) -> None:
+    """--voxel-scale standardizes only the new feature differently: the run still starts exactly from the model."""
+    from training.train_config import TrainConfig, network_config
+
+    config = TrainConfig(
+        out=tmp_path, data=("phantom:0-1",), width=4, embedding_dim=16, voxel_condition=True, voxel_scale=0.02
+    )
+    wanted = network_config(config)
+    assert wanted.resolved_condition_standardization()[1][-1] == 0.02 and can_add_condition(NARROW, wanted)
+    grid = DifferentialUNet(wanted)
+    grid.load_state_dict(add_condition_state(trained.state_dict(), NARROW, wanted))
+    image, condition = _inputs()
+    with torch.no_grad():
+        for voxel_mm in (1.0, 4.0):
+            torch.testing.assert_close(grid.eval()(image, _with_voxel(condition, voxel_mm)), trained(image, condition))
+    assert float(grid.embedding.scale[-1]) == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="--voxel-scale needs --voxel-condition"):
+        TrainConfig(out=tmp_path, data=("phantom:0-1",), voxel_scale=0.02)

@@ -9,6 +9,7 @@ from torch import nn
 
 from training.networks.differential import (
     CONDITION_FEATURES,
+    DEFAULT_CONDITION_SCALE,
     DIFFERENTIAL_INPUTS,
     GRID_CONDITION_FEATURES,
     DifferentialUNet,
@@ -25,6 +26,7 @@ from training.networks.direct import (
 
 __all__ = [
     "CONDITION_FEATURES",
+    "DEFAULT_CONDITION_SCALE",
     "DIFFERENTIAL_INPUTS",
     "DIRECT_INPUTS",
     "GRID_CONDITION_FEATURES",

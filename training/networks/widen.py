@@ -34,11 +34,16 @@ def can_widen(narrow: DifferentialUNetConfig, wide: DifferentialUNetConfig) -> b
 
 
 def can_add_condition(narrow: DifferentialUNetConfig, wide: DifferentialUNetConfig) -> bool:
-    """True when ``wide`` differs from ``narrow`` only in taking more condition features (default standardization)."""
+    """True when ``wide`` differs from ``narrow`` only in taking more condition features, the ones both have
+    standardized alike (the new features' standardization is ``wide``'s own)."""
     keys = ("condition_features", "condition_offset", "condition_scale")
     rest = {**narrow.to_dict(), **dict.fromkeys(keys)} == {**wide.to_dict(), **dict.fromkeys(keys)}
-    defaults = all(getattr(c, k) is None for c in (narrow, wide) for k in keys[1:])
-    return rest and defaults and wide.condition_features > narrow.condition_features
+    n = narrow.condition_features
+    if not (rest and wide.condition_features > n):
+        return False
+    narrow_offset, narrow_scale = narrow.resolved_condition_standardization()
+    wide_offset, wide_scale = wide.resolved_condition_standardization()
+    return narrow_offset == wide_offset[:n] and narrow_scale == wide_scale[:n]
 
 
 def add_condition_state(
