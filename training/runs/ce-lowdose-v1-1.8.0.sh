@@ -7,6 +7,11 @@
 # 0.015. Adam moves a weight by about the learning rate per step, whatever the size of its input, so the input's
 # scale sets how fast v can change the embedding: this run makes v's input five times larger ((v - 2 mm) / 0.02 mm,
 # -50 at 1 mm, +100 at 4 mm) and changes nothing else.
+# Result (not shipped; evaluation/ce-lowdose-v1-candidate-1.8.0/SUMMARY.md): v's weights reached 0.012, so v now
+# moves the embedding's first layer by up to 1.2 at 4 mm (1.7.0: 0.3), and the figures are 1.7.0's: 4 mm set PSNR_L
+# 17.7 dB, c-bar 0.758, c-hat 0.925 (3 of 8 figures worse than 1.1.0 by more than the SE: c-hat and both false
+# enhancements); 1 mm main set c-hat 1.161 (still above 1.15), c-bar 0.934, PSNR_L 22.8 dB, c-bar at d = 0.1 0.739.
+# A per-channel bias from the condition does not give the two grids their own gains in this budget.
 # Every step is resumable: run it again and prepared samples, checkpoints and cached evaluation studies are reused.
 #   training/runs/ce-lowdose-v1-1.8.0.sh prepare    # ~30-40 s per 1 mm subject, a few s per coarse one
 #   training/runs/ce-lowdose-v1-1.8.0.sh train      # CPU, 2 threads, channels_last; continues from the last checkpoint
