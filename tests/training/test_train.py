@@ -387,6 +387,9 @@ class TestTrainErrors:
             (["--val", "phantom:1"], "validation subjects are also training subjects"),
             (["--exclude-pair", "gadoterate"], "must be AGENT@FIELD"),
             (["--huber-eps", "0"], "eps > 0"),
+            (["--loss-reduction", "max"], "loss reduction must be one of"),
+            (["--voxel-scale", "0.02"], "--voxel-scale needs --voxel-condition"),
+            (["--voxel-condition", "--voxel-scale", "-1"], "--voxel-scale needs --voxel-condition and a positive"),
         ],
     )
     def test_bad_options(self, tmp_path: Path, extra: list[str], message: str) -> None:
