@@ -19,43 +19,5 @@
 #   training/runs/ce-lowdose-v1-1.8.0.sh trust      # the error model (uncertainty.json) fitted to this model
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BIN=.venv/bin
-RUN=var/train/ce-lowdose-v1-1.8.0
-OUT=var/train/out-1.8.0                 # the new model folder is $OUT/ce-lowdose-v1 until it is copied to models/
-START=var/models-1.5.0                  # 1.5.0 as released: the starting point
-STEPS=${STEPS:-1200}
-DATA=(--data phantom:0-63 --data phantom:200-239,field=1.5,dose=0.1-0.17 --data phantom:300-339,grid=4)
-
-ARGS=(
-  --model differential --voxel-condition --voxel-scale 0.02 --out "$OUT/ce-lowdose-v1" --version "${VERSION:-1.8.0}" --work "$RUN"
-  --init-from "$START/ce-lowdose-v1"
-  --phantom-size full --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4
-  --exclude-pair gadobenate@1.5 --exclude-pair gadobutrol@3
-  --val phantom:5000-5001 --val phantom:5005-5005
-  --loss-reduction patch --patch 80 --batch 2 --steps "$STEPS" --lr 1e-4 --lr-min 1e-6 --threads 2
-  --checkpoint-every 50 --val-every 100 --cache var/train/cache-mm --overwrite --no-progress
-)
-
 . training/runs/common.sh
-start() { released_model 1f7250e ce-lowdose-v1 "$START/ce-lowdose-v1"; }
-
-case "${1:-}" in
-  prepare)
-    # two processes, one per half of the data (the cache is shared; a sample is written once, atomically)
-    start
-    $BIN/gadsynth train "${ARGS[@]}" --data phantom:0-63 --threads 1 --prepare-only &
-    $BIN/gadsynth train "${ARGS[@]}" "${DATA[@]:2}" --threads 1 --prepare-only
-    wait ;;
-  train)
-    start
-    resume_args "$RUN"
-    $BIN/gadsynth train "${ARGS[@]}" "${DATA[@]}" "${RESUME[@]}" ;;
-  evaluate)
-    # 1.5.0's results move to evaluation/ce-lowdose-v1-1.5.0 when this model is released
-    evaluate_lowdose "$OUT" "${DEST:-evaluation/ce-lowdose-v1}" ;;
-  trust)
-    # The error model fitted to this model's own errors; the input check's reference (ood.json) is 1.2.0's.
-    calibrate_uncertainty "$OUT" "${DEST:-evaluation/uncertainty}" ;;
-  *)
-    echo "usage: $0 prepare|train|evaluate|trust" >&2; exit 2 ;;
-esac
+voxel_stage 1.8.0 "${1:-}" --loss-reduction patch --voxel-scale 0.02

@@ -38,3 +38,41 @@ calibrate_uncertainty() {
   .venv/bin/gadsynth uncertainty-calibrate --model ce-lowdose-v1 --models-dir "$1" --calibration phantom:2000-2005 \
     --test-set phantom:1000-1011 --size full --work-dir var/eval/work-full --out "$2" --compare ''
 }
+
+# voxel_stage VERSION COMMAND [FLAGS...]: ce-lowdose-v1 1.5.0's stage again, from 1.5.0's weights, with the voxel
+# size in the condition and FLAGS added (runs 1.6.0, 1.7.0 and 1.8.0; issue 12): the same data, grids, patches,
+# batch and validation; 1,200 steps (STEPS) at 1e-4 to 1e-6. Work in var/train/ce-lowdose-v1-VERSION, model folder
+# var/train/out-VERSION/ce-lowdose-v1. COMMAND: prepare | train | evaluate | trust (DEST: where results go).
+voxel_stage() {
+  local version=$1 command=${2:-}; shift 2 || shift $#
+  local run=var/train/ce-lowdose-v1-$version out=var/train/out-$version start=var/models-1.5.0
+  local data=(--data phantom:0-63 --data phantom:200-239,field=1.5,dose=0.1-0.17 --data phantom:300-339,grid=4)
+  local args=(
+    --model differential --voxel-condition --out "$out/ce-lowdose-v1" --version "${VERSION:-$version}" --work "$run"
+    --init-from "$start/ce-lowdose-v1"
+    --phantom-size full --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4
+    --exclude-pair gadobenate@1.5 --exclude-pair gadobutrol@3
+    --val phantom:5000-5001 --val phantom:5005-5005
+    --patch 80 --batch 2 --steps "${STEPS:-1200}" --lr 1e-4 --lr-min 1e-6 --threads 2
+    --checkpoint-every 50 --val-every 100 --cache var/train/cache-mm --overwrite --no-progress "$@"
+  )
+  case "$command" in
+    prepare)
+      # two processes, one per half of the data (the cache is shared; a sample is written once, atomically)
+      released_model 1f7250e ce-lowdose-v1 "$start/ce-lowdose-v1"
+      .venv/bin/gadsynth train "${args[@]}" --data phantom:0-63 --threads 1 --prepare-only &
+      .venv/bin/gadsynth train "${args[@]}" "${data[@]:2}" --threads 1 --prepare-only
+      wait ;;
+    train)
+      released_model 1f7250e ce-lowdose-v1 "$start/ce-lowdose-v1"
+      resume_args "$run"
+      .venv/bin/gadsynth train "${args[@]}" "${data[@]}" "${RESUME[@]}" ;;
+    evaluate)
+      evaluate_lowdose "$out" "${DEST:-evaluation/ce-lowdose-v1-candidate-$version}" ;;
+    trust)
+      # the error model fitted to this model's own errors; the input check's reference (ood.json) is 1.2.0's
+      calibrate_uncertainty "$out" "${DEST:-evaluation/uncertainty-$version}" ;;
+    *)
+      echo "usage: $0 prepare|train|evaluate|trust" >&2; return 2 ;;
+  esac
+}
