@@ -6,9 +6,10 @@
 # subjects moved it; 400 steps on 4 mm alone did (training/runs/ce-lowdose-v1-diagnostic-4mm.sh). The reason is the
 # loss's reduction: "mean" counts every voxel of the batch the same, and a patch of 80 voxels at 1 mm holds about
 # 230,000 brain voxels after the margin, a whole 4 mm study about 33,000 (var/train/cache-mm: 1.96 M brain voxels
-# at 192x256x256, 32,600 at 48x64x64). So the 4 mm grid drove about a tenth of the gradient. This run repeats 1.6.0's
-# stage exactly (1.5.0's weights with the voxel condition, its data, grids, patches, batch, 1,200 steps at 1e-4 to
-# 1e-6) with --loss-reduction patch: each patch's weighted mean, averaged over the batch.
+# at 192x256x256, 32,600 at 48x64x64). Over the first 200 steps the 4 mm grid drew 40 % of the patches and carried
+# 12 % of the loss weight (training/runs/loss_weight_by_grid.py). This run repeats 1.6.0's stage exactly (1.5.0's
+# weights with the voxel condition, its data, grids, patches, batch, 1,200 steps at 1e-4 to 1e-6) with
+# --loss-reduction patch: each patch's weighted mean, averaged over the batch.
 # Result (not shipped; evaluation/ce-lowdose-v1-candidate-1.7.0/SUMMARY.md): the 4 mm set moved toward 1.1.0 (PSNR_L
 # 17.6 dB, 1.5.0 16.8, 1.1.0 18.2; c-bar 0.755, 0.708, 0.794; better than 1.5.0 on 7 of 8 figures), but the gain rose
 # at 1 mm too: c-hat 1.169, above the 1.15 issue 12 allows (1.5.0 1.14); every 1 mm figure within its SE of 1.5.0.
