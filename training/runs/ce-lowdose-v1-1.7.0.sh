@@ -4,10 +4,9 @@
 # 1.5.0 under-enhances at 4 mm (c-bar 0.71; 1.1.0, trained at 4 mm only, 0.79) although 44 % of its training
 # subjects were on the 4 mm grid, and neither the voxel size as a condition (1.6.0, not shipped) nor more 4 mm
 # subjects moved it; 400 steps on 4 mm alone did (training/runs/ce-lowdose-v1-diagnostic-4mm.sh). The reason is the
-# loss's reduction: "mean" counts every voxel of the batch the same, and a patch of 80 voxels at 1 mm holds about
-# 230,000 brain voxels after the margin, a whole 4 mm study about 33,000 (var/train/cache-mm: 1.96 M brain voxels
-# at 192x256x256, 32,600 at 48x64x64). Over the first 200 steps the 4 mm grid drew 40 % of the patches and carried
-# 12 % of the loss weight (training/runs/loss_weight_by_grid.py). This run repeats 1.6.0's stage exactly (1.5.0's
+# loss's reduction: "mean" counts every voxel of the batch the same, and over the first 200 steps a 1 mm patch carried
+# 209,000 of loss weight on average, a 4 mm patch (the whole study, 32,600 brain voxels) 38,000: the 4 mm grid drew
+# 40 % of the patches and carried 12 % of the loss weight (training/runs/loss_weight_by_grid.py). This run repeats 1.6.0's stage exactly (1.5.0's
 # weights with the voxel condition, its data, grids, patches, batch, 1,200 steps at 1e-4 to 1e-6) with
 # --loss-reduction patch: each patch's weighted mean, averaged over the batch.
 # Result (not shipped; evaluation/ce-lowdose-v1-candidate-1.7.0/SUMMARY.md): the 4 mm set moved toward 1.1.0 (PSNR_L

@@ -53,12 +53,14 @@ def main(steps: int) -> None:
     total_weight, total_patches = sum(weight.values()), sum(patches.values())
     lines = [
         f"{steps} steps, {total_patches} patches",
-        "| voxel mm | share of the patches (the gradient under 'patch') | share of the loss weight (under 'mean') |",
-        "| --- | --- | --- |",
+        "| voxel mm | share of the patches (the gradient under 'patch') | share of the loss weight (under 'mean') | "
+        "weight per patch |",
+        "| --- | --- | --- | --- |",
     ]
     for voxel_mm in sorted(patches):
         share_patches, share_weight = patches[voxel_mm] / total_patches, weight[voxel_mm] / total_weight
-        lines.append(f"| {voxel_mm:g} | {share_patches:.3f} | {share_weight:.3f} |")
+        per_patch = weight[voxel_mm] / patches[voxel_mm]
+        lines.append(f"| {voxel_mm:g} | {share_patches:.3f} | {share_weight:.3f} | {per_patch:,.0f} |")
     sys.stdout.write("\n".join(lines) + "\n")
 
 
