@@ -7,13 +7,20 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from training.networks import DifferentialUNetConfig, NetworkConfig
-from training.networks.widen import add_condition_state, can_add_condition, can_widen, widen_state
+from training.networks.widen import (
+    add_condition_state,
+    add_gain_state,
+    can_add_condition,
+    can_widen,
+    widen_state,
+)
 from training.train_config import TrainConfig, network_config
 
 __all__ = [
@@ -156,7 +163,8 @@ def initialize_from(network: torch.nn.Module, wanted: NetworkConfig, source: Pat
     differential network may also start a wider one (more channels, everything else the same): the trained weights
     fill the first channels of every scale and the wider network computes what they computed
     (``training.networks.widen``). Likewise a differential network may start one that also takes the voxel size
-    (the new condition feature starts with no influence).
+    (the new condition feature starts with no influence), or one whose conditional blocks also scale their channels
+    (``condition_gain``; the gains start at exactly 1), or both.
 
     Raises
     ------
@@ -177,6 +185,11 @@ def initialize_from(network: torch.nn.Module, wanted: NetworkConfig, source: Pat
         recorded, state = checkpoint["network_config"], checkpoint["network"]
     wanted_fields = wanted.to_dict()
     narrow = _differential_config(recorded)
+    gained = wanted  # the network trained; with a gain added below, the network without it is matched first
+    gain_from: DifferentialUNetConfig | None = None
+    if isinstance(wanted, DifferentialUNetConfig) and narrow and wanted.condition_gain and not narrow.condition_gain:
+        gain_from = replace(wanted, condition_gain=False)
+        wanted, wanted_fields = gain_from, gain_from.to_dict()
     if narrow is not None and isinstance(wanted, DifferentialUNetConfig) and can_widen(narrow, wanted):
         logger.info(
             "initializing from %s widened from %s to %s channels: the new channels start with no influence on the "
@@ -206,8 +219,16 @@ def initialize_from(network: torch.nn.Module, wanted: NetworkConfig, source: Pat
         )
     elif recorded != wanted_fields:
         raise ValueError(
-            f"--init-from {source}: its network is {recorded}, this run trains {wanted.to_dict()} "
+            f"--init-from {source}: its network is {recorded}, this run trains {gained.to_dict()} "
             "(pass the same --model, --width, --depth and --embedding-dim)"
         )
+    if gain_from is not None:
+        logger.info(
+            "initializing from %s with a gain added to every conditional block: the gains start at 1 "
+            "(training.networks.widen)",
+            source,
+        )
+        assert isinstance(gained, DifferentialUNetConfig)
+        state = add_gain_state(state, gain_from, gained)
     network.load_state_dict(state)
     logger.info("initialized the network from %s", source)

@@ -76,6 +76,9 @@ def train(
         float | None,
         typer.Option(help="With --voxel-condition: standardization scale of the voxel size in mm (default 0.1)."),
     ] = None,
+    condition_gain: Annotated[
+        bool, typer.Option(help="Differential: the condition also scales every block's channels (FiLM).")
+    ] = False,
     target_max: Annotated[
         float | None,
         typer.Option(help="Direct / zero-dose: top of the normalized target, 1 = pre-contrast p99.5 (default 4)."),
@@ -157,6 +160,7 @@ def train(
             embedding_dim=embedding_dim,
             voxel_condition=voxel_condition,
             voxel_scale=voxel_scale,
+            condition_gain=condition_gain,
             target_max=target_max,
             variation=PhantomVariation(
                 size=phantom_size,  # type: ignore[arg-type]  # validated by PhantomOptions

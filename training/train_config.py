@@ -94,6 +94,9 @@ class TrainConfig:
         ``(v - 2 mm) / scale`` enters the embedding). Its weights start at zero and Adam moves a weight by about
         the learning rate per step whatever its input's size, so a smaller scale lets the voxel size change the
         embedding faster.
+    condition_gain:
+        Differential: the condition also scales the channels of every conditional block (FiLM; the gains start
+        at 1 when the run starts from a network without them).
     target_max:
         Direct and zero-dose models: top of the normalized target and of the network's output (None =
         :data:`DIRECT_TARGET_MAX`; 1 = the clipped range of the models before issue 12).
@@ -148,6 +151,7 @@ class TrainConfig:
     embedding_dim: int | None = None
     voxel_condition: bool = False
     voxel_scale: float | None = None
+    condition_gain: bool = False
     target_max: float | None = None
     variation: PhantomVariation = field(default_factory=PhantomVariation)
     patches: PatchSettings | None = None
@@ -186,6 +190,8 @@ class TrainConfig:
             raise ValueError(f"--voxel-condition applies to differential models; found a {self.model} model")
         if self.voxel_scale is not None and not (self.voxel_condition and self.voxel_scale > 0):
             raise ValueError(f"--voxel-scale needs --voxel-condition and a positive scale; found {self.voxel_scale}")
+        if self.condition_gain and self.model != "differential":
+            raise ValueError(f"--condition-gain applies to differential models; found a {self.model} model")
         if self.target_max is not None and (self.model == "differential" or not 1.0 <= self.target_max <= 10.0):
             raise ValueError(
                 f"--target-max applies to direct and zero-dose models, within 1 to 10; found {self.target_max} for "
@@ -290,6 +296,8 @@ def network_config(config: TrainConfig) -> NetworkConfig:
             sizes["condition_features"] = len(GRID_CONDITION_FEATURES)
             if config.voxel_scale is not None:
                 sizes["condition_scale"] = (*DEFAULT_CONDITION_SCALE[: len(CONDITION_FEATURES)], config.voxel_scale)
+        if config.condition_gain:
+            sizes["condition_gain"] = True
         return DifferentialUNetConfig(**sizes)
     if config.width is not None:
         sizes["base_width"] = config.width

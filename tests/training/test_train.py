@@ -390,6 +390,7 @@ class TestTrainErrors:
             (["--loss-reduction", "max"], "loss reduction must be one of"),
             (["--voxel-scale", "0.02"], "--voxel-scale needs --voxel-condition"),
             (["--voxel-condition", "--voxel-scale", "-1"], "--voxel-scale needs --voxel-condition and a positive"),
+            (["--model", "direct", "--condition-gain"], "--condition-gain applies to differential models"),
         ],
     )
     def test_bad_options(self, tmp_path: Path, extra: list[str], message: str) -> None:

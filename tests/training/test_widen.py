@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from training.networks import DifferentialUNet, DifferentialUNetConfig
-from training.networks.widen import add_condition_state, can_add_condition, can_widen, widen_state
+from training.networks.widen import (
+    add_condition_state,
+    add_gain_state,
+    can_add_condition,
+    can_add_gain,
+    can_widen,
+    widen_state,
+)
 
 NARROW = DifferentialUNetConfig(base_width=4, embedding_dim=16)
 WIDE = DifferentialUNetConfig(base_width=6, embedding_dim=16)
@@ -189,3 +196,101 @@ def test_a_smaller_voxel_scale_still_starts_from_the_narrow_model(trained: Diffe
     assert float(grid.embedding.scale[-1]) == pytest.approx(0.02)
     with pytest.raises(ValueError, match="--voxel-scale needs --voxel-condition"):
         TrainConfig(out=tmp_path, data=("phantom:0-1",), voxel_scale=0.02)
+
+
+GAIN = DifferentialUNetConfig(base_width=4, embedding_dim=16, condition_gain=True)
+
+
+def test_the_gain_starts_at_one_and_learns(trained: DifferentialUNet) -> None:
+    """Blocks with a gain from the condition (FiLM) start as the bias-only blocks, and the gains get gradients."""
+    assert can_add_gain(NARROW, GAIN) and not can_widen(NARROW, GAIN) and not can_add_condition(NARROW, GAIN)
+    gained = DifferentialUNet(GAIN)
+    gained.load_state_dict(add_gain_state(trained.state_dict(), NARROW, GAIN))
+    image, condition = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(gained.eval()(image, condition), trained(image, condition))
+    gained.train()(image, condition).square().mean().backward()
+    gain = gained.decoder[0][0].gain  # type: ignore[index]
+    assert gain is not None and torch.all(gain.weight == 0)
+    assert gain.weight.grad is not None and float(gain.weight.grad.abs().sum()) > 0
+    # a gain that has moved changes the output, differently for each condition
+    with torch.no_grad():
+        gain.bias.fill_(0.5)
+        ratio = gained.eval()(image, condition) / trained(image, condition).clamp_min(1e-6)
+    assert float((ratio - 1).abs().max()) > 0.01
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        DifferentialUNetConfig(base_width=6, embedding_dim=16, condition_gain=True),  # wider as well
+        DifferentialUNetConfig(base_width=4, embedding_dim=16, condition_features=5, condition_gain=True),
+        NARROW,  # nothing to add
+    ],
+)
+def test_only_the_gain_may_be_added(trained: DifferentialUNet, other: DifferentialUNetConfig) -> None:
+    assert not can_add_gain(NARROW, other)
+    with pytest.raises(ValueError, match="cannot add the condition's gain"):
+        add_gain_state(trained.state_dict(), NARROW, other)
+
+
+def test_the_gain_keeps_old_configs_in_their_form() -> None:
+    """Configs without the gain keep the dictionary form (and run identity) they had before the option."""
+    assert "condition_gain" not in NARROW.to_dict()
+    assert DifferentialUNetConfig.from_dict(NARROW.to_dict()) == NARROW
+    assert GAIN.to_dict()["condition_gain"] is True and DifferentialUNetConfig.from_dict(GAIN.to_dict()) == GAIN
+
+
+def test_a_run_with_voxel_and_gain_starts_from_a_checkpoint(trained: DifferentialUNet, tmp_path: Path) -> None:
+    """`gadsynth train --voxel-condition --condition-gain --init-from` a 4-feature run's checkpoint: both additions
+    start with no influence, so the run starts exactly where the checkpoint was; the ONNX export keeps the gains."""
+    from training.checkpoints import CHECKPOINT_FORMAT, initialize_from, save_checkpoint
+    from training.export import differential_manifest_fields, write_model_folder
+    from training.model_folder import network_from_folder
+    from training.train_config import TrainConfig, network_config
+
+    source = save_checkpoint(
+        tmp_path / "narrow.pt",
+        {"format": CHECKPOINT_FORMAT, "network_config": NARROW.to_dict(), "network": trained.state_dict()},
+    )
+    config = TrainConfig(
+        out=tmp_path / "out",
+        data=("phantom:0-1",),
+        width=4,
+        embedding_dim=16,
+        voxel_condition=True,
+        condition_gain=True,
+        init_from=source,
+    )
+    wanted = network_config(config)
+    assert wanted.condition_gain and wanted.condition_features == 5
+    assert config.identity()["network"]["condition_gain"] is True
+    network = DifferentialUNet(wanted)
+    initialize_from(network, wanted, source)
+    image, condition = _inputs()
+    with torch.no_grad():
+        expected = trained(image, condition)
+        for voxel_mm in (1.0, 4.0):
+            torch.testing.assert_close(network.eval()(image, _with_voxel(condition, voxel_mm)), expected)
+        for parameter in network.parameters():  # every parameter moves, the gains included
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    folder = tmp_path / "ce-gain"
+    write_model_folder(
+        network,
+        folder,
+        differential_manifest_fields(
+            name="ce-gain", version="0.0.1", gamma=1.0, condition_features=wanted.condition_names
+        ),
+    )
+    loaded, weights = network_from_folder(folder)
+    assert weights == "model.onnx" and loaded.config == wanted
+    with torch.no_grad():
+        grid_condition = _with_voxel(condition, 4.0)
+        torch.testing.assert_close(loaded(image, grid_condition), network(image, grid_condition), atol=1e-6, rtol=1e-5)
+
+
+def test_the_gain_is_for_differential_models(tmp_path: Path) -> None:
+    from training.train_config import TrainConfig
+
+    with pytest.raises(ValueError, match="--condition-gain applies to differential models"):
+        TrainConfig(out=tmp_path, data=("phantom:0-1",), model="direct", condition_gain=True)

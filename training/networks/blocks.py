@@ -129,19 +129,29 @@ class ConditionEmbedding(nn.Module):
 class ConditionalResidualBlock(nn.Module):
     """Residual block with the embedding added as a per-channel bias (Ho et al. 2020, without normalization).
 
-    x + conv2(SiLU(conv1(SiLU(x)) + P e)), 3x3x3 convolutions, P a learned projection of the embedding.
+    x + conv2(SiLU(conv1(SiLU(x)) + P e)), 3x3x3 convolutions, P a learned projection of the embedding. With
+    ``gain``, the embedding also scales each channel (FiLM, Perez et al. 2018):
+    x + conv2(SiLU(conv1(SiLU(x)) * (1 + G e) + P e)), with G initialized to zero, so that a block with a gain
+    starts computing exactly what the block without it computes.
     """
 
-    def __init__(self, channels: int, embedding_dim: int) -> None:
+    def __init__(self, channels: int, embedding_dim: int, *, gain: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(channels, channels, 3, padding=1)
         self.project = nn.Linear(embedding_dim, channels)
+        self.gain: nn.Linear | None = None
+        if gain:
+            self.gain = nn.Linear(embedding_dim, channels)
+            nn.init.zeros_(self.gain.weight)
+            nn.init.zeros_(self.gain.bias)
         self.conv2 = nn.Conv3d(channels, channels, 3, padding=1)
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """``embedding`` is the activated embedding SiLU(e), shape (N, E)."""
         h = self.conv1(self.act(x))
+        if self.gain is not None:
+            h = h * (1.0 + self.gain(embedding)[:, :, None, None, None])
         h = h + self.project(embedding)[:, :, None, None, None]
         h = self.conv2(self.act(h))
         out: torch.Tensor = x + h

@@ -84,6 +84,10 @@ class DifferentialUNetConfig(SerializableConfig):
     condition_offset, condition_scale:
         Fixed standardization (c - offset) / scale of the condition; None = defaults for [d, B, r1, sigma] and
         [d, B, r1, sigma, v] (0 / 1 for any other length).
+    condition_gain:
+        The condition also scales every channel of every conditional residual block (FiLM), besides adding a
+        bias: with the voxel size in the condition, each grid can get its own gain (issue 12). False keeps the
+        bias-only blocks of every model before 1.9.0 (and their config's dictionary form).
     """
 
     in_channels: int = 3
@@ -98,6 +102,7 @@ class DifferentialUNetConfig(SerializableConfig):
     input_pyramid: bool = True
     condition_offset: tuple[float, ...] | None = None
     condition_scale: tuple[float, ...] | None = None
+    condition_gain: bool = False
     kind: str = field(default="differential_unet", init=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +127,13 @@ class DifferentialUNetConfig(SerializableConfig):
             raise ValueError(
                 f"DifferentialUNetConfig.max_width ({self.max_width}) must be at least base_width ({self.base_width})"
             )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for checkpoints); ``from_dict`` reverses it."""
+        data = super().to_dict()
+        if not self.condition_gain:
+            del data["condition_gain"]  # the original form: configs (and run identities) written before the option
+        return data
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -216,7 +228,9 @@ class DifferentialUNet(nn.Module):
         self.act = nn.SiLU()
         self.stem = nn.Conv3d(config.in_channels, widths[0], 3, padding=1)
         self.encoder = nn.ModuleList(
-            nn.ModuleList(ConditionalResidualBlock(w, config.embedding_dim) for _ in range(n))
+            nn.ModuleList(
+                ConditionalResidualBlock(w, config.embedding_dim, gain=config.condition_gain) for _ in range(n)
+            )
             for w, n in zip(widths, config.blocks, strict=True)
         )
         self.down = nn.ModuleList(
@@ -231,7 +245,10 @@ class DifferentialUNet(nn.Module):
         self.reduce = nn.ModuleList(nn.Conv3d(widths[k + 1], widths[k], 1) for k in range(config.scales - 1))
         self.fusion = nn.ModuleList(GatedFusion(widths[k]) for k in range(config.scales - 1))
         self.decoder = nn.ModuleList(
-            nn.ModuleList(ConditionalResidualBlock(widths[k], config.embedding_dim) for _ in range(config.blocks[k]))
+            nn.ModuleList(
+                ConditionalResidualBlock(widths[k], config.embedding_dim, gain=config.condition_gain)
+                for _ in range(config.blocks[k])
+            )
             for k in range(config.scales - 1)
         )
         self.head = nn.Conv3d(widths[0], 1, 3, padding=1)

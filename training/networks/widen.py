@@ -14,17 +14,21 @@ scales, the blocks and the input channels must be the same.
 The condition can grow the same way (:func:`add_condition_state`): a network trained on [d, B, r1, sigma] starts a
 network that also takes the voxel size, with zero weights from the new feature into the embedding's first layer, so
 it computes what it computed for any value of the new feature until training moves those weights.
+
+The condition's gain can be added the same way (:func:`add_gain_state`): a network with bias-only conditional
+blocks starts one whose blocks also scale their channels by (1 + G e) (``condition_gain``), with G zero.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 
 from training.networks.differential import DifferentialUNet, DifferentialUNetConfig
 
-__all__ = ["add_condition_state", "can_add_condition", "can_widen", "widen_state"]
+__all__ = ["add_condition_state", "add_gain_state", "can_add_condition", "can_add_gain", "can_widen", "widen_state"]
 
 
 def can_widen(narrow: DifferentialUNetConfig, wide: DifferentialUNetConfig) -> bool:
@@ -44,6 +48,35 @@ def can_add_condition(narrow: DifferentialUNetConfig, wide: DifferentialUNetConf
     narrow_offset, narrow_scale = narrow.resolved_condition_standardization()
     wide_offset, wide_scale = wide.resolved_condition_standardization()
     return narrow_offset == wide_offset[:n] and narrow_scale == wide_scale[:n]
+
+
+def can_add_gain(narrow: DifferentialUNetConfig, wide: DifferentialUNetConfig) -> bool:
+    """True when ``wide`` differs from ``narrow`` only in having the condition's gain (``condition_gain``)."""
+    return not narrow.condition_gain and wide.condition_gain and replace(wide, condition_gain=False) == narrow
+
+
+def add_gain_state(
+    state: Mapping[str, torch.Tensor], narrow: DifferentialUNetConfig, wide: DifferentialUNetConfig
+) -> dict[str, torch.Tensor]:
+    """The state dict of ``wide`` (blocks with a gain) that computes what ``state`` computes: every gain's weights
+    and bias zero (a gain of exactly 1), every other tensor copied.
+
+    Raises
+    ------
+    ValueError
+        When ``wide`` differs in more than the gain, or ``state`` does not fit ``narrow``.
+    """
+    if not can_add_gain(narrow, wide):
+        raise ValueError(f"cannot add the condition's gain to {narrow.to_dict()} to make {wide.to_dict()}")
+    try:
+        DifferentialUNet(narrow).load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"add_gain_state: the weights are not those of {narrow.to_dict()}: {error}") from None
+    result = {key: value.clone() for key, value in state.items()}
+    for key, value in DifferentialUNet(wide).state_dict().items():
+        if key not in result:
+            result[key] = torch.zeros_like(value)
+    return result
 
 
 def add_condition_state(
@@ -129,7 +162,7 @@ def widen_state(
             place(key, scale(0), None)
         elif parts[0] in ("encoder", "decoder"):
             k, layer = int(parts[1]), parts[3]
-            place(key, scale(k), None if layer == "project" else scale(k))
+            place(key, scale(k), None if layer in ("project", "gain") else scale(k))
         elif parts[0] == "down":
             k = int(parts[1])
             place(key, scale(k + 1), scale(k))

@@ -43,13 +43,15 @@ calibrate_uncertainty() {
 # size in the condition and FLAGS added (runs 1.6.0, 1.7.0 and 1.8.0; issue 12): the same data, grids, patches,
 # batch and validation; 1,200 steps (STEPS) at 1e-4 to 1e-6. Work in var/train/ce-lowdose-v1-VERSION, model folder
 # var/train/out-VERSION/ce-lowdose-v1. COMMAND: prepare | train | evaluate | trust (DEST: where results go).
+# INIT_FROM: the model folder the run starts from (default 1.5.0's).
 voxel_stage() {
   local version=$1 command=${2:-}; shift 2 || shift $#
   local run=var/train/ce-lowdose-v1-$version out=var/train/out-$version start=var/models-1.5.0
+  local init=${INIT_FROM:-$start/ce-lowdose-v1}
   local data=(--data phantom:0-63 --data phantom:200-239,field=1.5,dose=0.1-0.17 --data phantom:300-339,grid=4)
   local args=(
     --model differential --voxel-condition --out "$out/ce-lowdose-v1" --version "${VERSION:-$version}" --work "$run"
-    --init-from "$start/ce-lowdose-v1"
+    --init-from "$init"
     --phantom-size full --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4
     --exclude-pair gadobenate@1.5 --exclude-pair gadobutrol@3
     --val phantom:5000-5001 --val phantom:5005-5005

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# ce-lowdose-v1 1.9.0: 1.8.0's stage again, from 1.8.0's weights, with a gain from the condition in every block
+# (issue 12).
+#
+# 1.7.0 and 1.8.0 balanced the grids in the loss (every patch counts the same) and gave the network the voxel size:
+# the 4 mm set moved most of the way to 1.1.0, but the gain rose at 1 mm as well (c-hat 1.16-1.17, above the 1.15
+# issue 12 allows). The condition only added a per-channel bias in each block, and a bias cannot give two grids two
+# gains. Here every conditional block also scales its channels by (1 + G e) (FiLM; `--condition-gain`), with G
+# starting at zero, so the run starts exactly at 1.8.0. Same data, grids, patches, batch, loss and schedule.
+# Every step is resumable: run it again and prepared samples, checkpoints and cached evaluation studies are reused.
+#   training/runs/ce-lowdose-v1-1.9.0.sh prepare    # 1.8.0's samples (and 1.8.0 itself, if it is not trained here)
+#   training/runs/ce-lowdose-v1-1.9.0.sh train      # CPU, 2 threads, channels_last; continues from the last checkpoint
+#   training/runs/ce-lowdose-v1-1.9.0.sh evaluate   # the sets of 1.5.0 (DEST: where the results go)
+#   training/runs/ce-lowdose-v1-1.9.0.sh trust      # the error model (uncertainty.json) fitted to this model
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. training/runs/common.sh
+start=var/train/out-1.8.0/ce-lowdose-v1
+case "${1:-}" in
+  prepare|train)
+    [ -f "$start/model.onnx" ] || training/runs/ce-lowdose-v1-1.8.0.sh "$1" ;;
+esac
+INIT_FROM=$start voxel_stage 1.9.0 "${1:-}" --loss-reduction patch --voxel-scale 0.02 --condition-gain
