@@ -103,6 +103,17 @@ def _layout_of(network: torch.nn.Module) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _parameter_groups(network: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """Adam's parameter groups: one (every parameter at ``lr``), or with ``gain_lr_factor`` two, the conditional
+    blocks' gains (``...gain.weight`` / ``...gain.bias``) at ``lr * gain_lr_factor`` after everything else."""
+    if config.gain_lr_factor == 1.0:
+        return [{"params": list(network.parameters())}]
+    named = list(network.named_parameters())
+    gains = [p for name, p in named if name.split(".")[-2:-1] == ["gain"]]
+    rest = [p for name, p in named if name.split(".")[-2:-1] != ["gain"]]
+    return [{"params": rest}, {"params": gains, "lr": config.lr * config.gain_lr_factor}]
+
+
 def batch_loss(network: torch.nn.Module, batch: Batch, loss: LossConfig) -> torch.Tensor:
     """The loss of one batch on the network's device and in its layout (the network gets the condition only when
     the batch has one)."""
@@ -250,7 +261,7 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
         resumed = load_checkpoint(resume) if resume is not None else None
         layout = config.torch_memory_format(device, recorded_memory_format(resumed) if resumed else None)
         network = network.to(device).to(memory_format=layout)  # type: ignore[call-overload]  # torch's stubs lack it
-        optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, betas=(0.9, 0.999))
+        optimizer = torch.optim.Adam(_parameter_groups(network, config), lr=config.lr, betas=(0.9, 0.999))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr_min)
         history: dict[str, Any] = {"train": [], "val": []}
         timing = {"data": 0.0, "compute": 0.0, "steps": 0}

@@ -79,6 +79,9 @@ def train(
     condition_gain: Annotated[
         bool, typer.Option(help="Differential: the condition also scales every block's channels (FiLM).")
     ] = False,
+    gain_lr_factor: Annotated[
+        float, typer.Option(help="With --condition-gain: learning rate of the gains as a multiple of --lr.")
+    ] = 1.0,
     target_max: Annotated[
         float | None,
         typer.Option(help="Direct / zero-dose: top of the normalized target, 1 = pre-contrast p99.5 (default 4)."),
@@ -161,6 +164,7 @@ def train(
             voxel_condition=voxel_condition,
             voxel_scale=voxel_scale,
             condition_gain=condition_gain,
+            gain_lr_factor=gain_lr_factor,
             target_max=target_max,
             variation=PhantomVariation(
                 size=phantom_size,  # type: ignore[arg-type]  # validated by PhantomOptions

@@ -73,7 +73,8 @@ def export_trained(
         "loss": config.loss_config.kind,
         "patch": config.patch,
         "batch": config.batch,
-        "lr": f"{config.lr:g} -> {config.lr_min:g} (cosine)",
+        "lr": f"{config.lr:g} -> {config.lr_min:g} (cosine)"
+        + ("" if config.gain_lr_factor == 1.0 else f", the gains {config.lr * config.gain_lr_factor:g} to start"),
         "seed": config.seed,
         "final_train_loss": round(float(np.mean(tail)), 6) if tail else None,
         "final_validation_loss": round(val_losses[-1], 6) if val_losses else None,

@@ -391,6 +391,7 @@ class TestTrainErrors:
             (["--voxel-scale", "0.02"], "--voxel-scale needs --voxel-condition"),
             (["--voxel-condition", "--voxel-scale", "-1"], "--voxel-scale needs --voxel-condition and a positive"),
             (["--model", "direct", "--condition-gain"], "--condition-gain applies to differential models"),
+            (["--gain-lr-factor", "10"], "--gain-lr-factor needs --condition-gain"),
         ],
     )
     def test_bad_options(self, tmp_path: Path, extra: list[str], message: str) -> None:

@@ -294,3 +294,30 @@ def test_the_gain_is_for_differential_models(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="--condition-gain applies to differential models"):
         TrainConfig(out=tmp_path, data=("phantom:0-1",), model="direct", condition_gain=True)
+
+
+def test_the_gains_can_learn_at_their_own_rate(tmp_path: Path) -> None:
+    """--gain-lr-factor puts the gains in a second Adam group at lr x factor; the cosine keeps the ratio until the
+    floor; at factor 1 there is one group and the run's identity is the one it had before the option."""
+    from training.train import _parameter_groups
+    from training.train_config import TrainConfig, network_config
+
+    base = {"out": tmp_path, "data": ("phantom:0-1",), "width": 4, "embedding_dim": 16, "condition_gain": True}
+    plain, fast = TrainConfig(**base), TrainConfig(**base, gain_lr_factor=10.0, lr=1e-4, lr_min=1e-7, steps=10)
+    network = DifferentialUNet(network_config(fast))
+    assert len(_parameter_groups(network, plain)) == 1 and "gain_lr_factor" not in plain.identity()
+    assert fast.identity()["gain_lr_factor"] == 10.0
+    groups = _parameter_groups(network, fast)
+    gains = {id(p) for name, p in network.named_parameters() if ".gain." in name}
+    assert len(gains) == 2 * sum(GAIN.blocks) + 2 * sum(GAIN.blocks[:-1])  # weight and bias of every block's gain
+    assert {id(p) for p in groups[1]["params"]} == gains and not gains & {id(p) for p in groups[0]["params"]}
+    optimizer = torch.optim.Adam(groups, lr=fast.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=fast.steps, eta_min=fast.lr_min)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-4, 1e-3])
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    rest_lr, gain_lr = (g["lr"] for g in optimizer.param_groups)
+    assert gain_lr > 9 * rest_lr > 0
+    with pytest.raises(ValueError, match="--gain-lr-factor needs --condition-gain"):
+        TrainConfig(out=tmp_path, data=("phantom:0-1",), gain_lr_factor=10.0)
