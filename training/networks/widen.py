@@ -68,10 +68,7 @@ def add_gain_state(
     """
     if not can_add_gain(narrow, wide):
         raise ValueError(f"cannot add the condition's gain to {narrow.to_dict()} to make {wide.to_dict()}")
-    try:
-        DifferentialUNet(narrow).load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"add_gain_state: the weights are not those of {narrow.to_dict()}: {error}") from None
+    _check_state(state, narrow, "add_gain_state")
     result = {key: value.clone() for key, value in state.items()}
     for key, value in DifferentialUNet(wide).state_dict().items():
         if key not in result:
@@ -94,10 +91,7 @@ def add_condition_state(
     """
     if not can_add_condition(narrow, wide):
         raise ValueError(f"cannot extend the condition of {narrow.to_dict()} to {wide.to_dict()}")
-    try:
-        DifferentialUNet(narrow).load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"add_condition_state: the weights are not those of {narrow.to_dict()}: {error}") from None
+    _check_state(state, narrow, "add_condition_state")
     fresh = DifferentialUNet(wide).state_dict()
     result = {key: value.clone() for key, value in state.items()}
     first = "embedding.mlp.0.weight"
@@ -123,10 +117,7 @@ def widen_state(
     """
     if not can_widen(narrow, wide):
         raise ValueError(f"cannot widen {narrow.to_dict()} into {wide.to_dict()}: only wider channel counts can be")
-    try:
-        DifferentialUNet(narrow).load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"widen_state: the weights are not those of {narrow.to_dict()}: {error}") from None
+    _check_state(state, narrow, "widen_state")
     torch.manual_seed(seed)
     result = {key: value.clone() for key, value in DifferentialUNet(wide).state_dict().items()}
     trained, total = narrow.widths, wide.widths
@@ -182,6 +173,14 @@ def widen_state(
         else:
             raise ValueError(f"widen_state: no rule for parameter {key!r}")
     return result
+
+
+def _check_state(state: Mapping[str, torch.Tensor], narrow: DifferentialUNetConfig, caller: str) -> None:
+    """Raise a ValueError naming ``caller`` when ``state`` is not the state dict of a ``narrow`` network."""
+    try:
+        DifferentialUNet(narrow).load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{caller}: the weights are not those of {narrow.to_dict()}: {error}") from None
 
 
 def _positions(groups: list[tuple[int, int]] | None, size: int) -> torch.Tensor:

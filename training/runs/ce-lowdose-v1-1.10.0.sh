@@ -17,10 +17,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . training/runs/common.sh
-start=var/train/out-1.8.0/ce-lowdose-v1
-case "${1:-}" in
-  prepare|train)
-    [ -f "$start/model.onnx" ] || training/runs/ce-lowdose-v1-1.8.0.sh "$1" ;;
-esac
-INIT_FROM=$start voxel_stage 1.10.0 "${1:-}" --loss-reduction patch --voxel-scale 0.02 --condition-gain \
-  --gain-lr-factor 10
+gain_stage 1.10.0 "${1:-}" --gain-lr-factor 10

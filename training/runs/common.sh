@@ -78,3 +78,15 @@ voxel_stage() {
       echo "usage: $0 prepare|train|evaluate|trust" >&2; return 2 ;;
   esac
 }
+
+# gain_stage VERSION COMMAND [FLAGS...]: voxel_stage from candidate 1.8.0's weights with 1.8.0's flags and a gain from
+# the condition in every block (runs 1.9.0 and 1.10.0; issue 12); 1.8.0 is trained first when it is not here.
+gain_stage() {
+  local version=$1 command=${2:-}; shift 2 || shift $#
+  local start=var/train/out-1.8.0/ce-lowdose-v1
+  case "$command" in
+    prepare|train)
+      [ -f "$start/model.onnx" ] || training/runs/ce-lowdose-v1-1.8.0.sh "$command" ;;
+  esac
+  INIT_FROM=$start voxel_stage "$version" "$command" --loss-reduction patch --voxel-scale 0.02 --condition-gain "$@"
+}
