@@ -21,8 +21,9 @@ __all__ = ["LAYOUTS", "bench_train"]
 LAYOUTS = ("contiguous", "channels_last")
 #: Networks timed: the shipped low-dose model, the Bone-style comparison and the zero-dose model.
 NETWORKS = ("ce-lowdose-v1", "ce-lowdose-direct-v1", "ce-zerodose-v1")
-#: A condition inside the training range (dose, field strength T, r1, sigma).
-_CONDITION = (0.2, 3.0, 4.5, 0.05)
+#: A condition inside the training range (dose, field strength T, r1, sigma, and the voxel size in mm for networks
+#: that take it).
+_CONDITION = (0.2, 3.0, 4.5, 0.05, 1.0)
 
 
 def _step_seconds(config: Any, layout: str, *, patch: int, batch: int, repeats: int) -> tuple[float, float]:
@@ -37,7 +38,9 @@ def _step_seconds(config: Any, layout: str, *, patch: int, batch: int, repeats: 
     generator = torch.Generator().manual_seed(1)
     image = torch.rand((batch, config.in_channels, patch, patch, patch), generator=generator)
     image = image.contiguous(memory_format=memory_format)
-    condition = torch.tensor([_CONDITION] * batch) if isinstance(config, DifferentialUNetConfig) else None
+    condition = None
+    if isinstance(config, DifferentialUNetConfig):
+        condition = torch.tensor([_CONDITION[: config.condition_features]] * batch)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
     times: list[float] = []
     first = float("nan")
