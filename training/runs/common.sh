@@ -79,14 +79,16 @@ voxel_stage() {
   esac
 }
 
-# gain_stage VERSION COMMAND [FLAGS...]: voxel_stage from candidate 1.8.0's weights with 1.8.0's flags and a gain from
-# the condition in every block (runs 1.9.0 and 1.10.0; issue 12); 1.8.0 is trained first when it is not here.
+# gain_stage VERSION COMMAND [FLAGS...]: voxel_stage with 1.8.0's flags and a gain from the condition in every block
+# (runs 1.9.0, 1.10.0 and 1.11.0; issue 12), from the weights of run FROM (default 1.8.0), which is trained first
+# when it is not here.
 gain_stage() {
   local version=$1 command=${2:-}; shift 2 || shift $#
-  local start=var/train/out-1.8.0/ce-lowdose-v1
+  local from=${FROM:-1.8.0}
+  local start=var/train/out-$from/ce-lowdose-v1
   case "$command" in
     prepare|train)
-      [ -f "$start/model.onnx" ] || training/runs/ce-lowdose-v1-1.8.0.sh "$command" ;;
+      [ -f "$start/model.onnx" ] || "training/runs/ce-lowdose-v1-$from.sh" "$command" ;;
   esac
   INIT_FROM=$start voxel_stage "$version" "$command" --loss-reduction patch --voxel-scale 0.02 --condition-gain "$@"
 }
