@@ -105,6 +105,17 @@ def test_a_run_starts_wider_from_a_narrow_model_folder(trained: DifferentialUNet
 GRID = DifferentialUNetConfig(base_width=4, embedding_dim=16, condition_features=5)
 
 
+def _export(network: DifferentialUNet, folder: Path) -> Path:
+    """Write ``network`` as a model folder named after ``folder``, its manifest naming its condition features."""
+    from training.export import differential_manifest_fields, write_model_folder
+
+    fields = differential_manifest_fields(
+        name=folder.name, version="0.0.1", gamma=1.0, condition_features=network.config.condition_names
+    )
+    write_model_folder(network, folder, fields)
+    return folder
+
+
 def _with_voxel(condition: torch.Tensor, voxel_mm: float) -> torch.Tensor:
     return torch.cat([condition, torch.full((condition.shape[0], 1), voxel_mm)], dim=1)
 
@@ -160,14 +171,7 @@ def test_a_run_with_the_voxel_condition_starts_from_a_model_folder(trained: Diff
         torch.testing.assert_close(found, trained(image, condition), atol=1e-5, rtol=1e-4)
     fields = manifest_fields(config, wanted, gamma=1.0)
     assert fields["condition"].features == ["dose", "field_strength_t", "r1", "sigma", "voxel_mm"]
-    out = tmp_path / "ce-grid"
-    write_model_folder(
-        grid,
-        out,
-        differential_manifest_fields(
-            name="ce-grid", version="0.0.1", gamma=1.0, condition_features=wanted.condition_names
-        ),
-    )
+    out = _export(grid, tmp_path / "ce-grid")
     assert json.loads((out / "manifest.json").read_text())["condition"]["features"][-1] == "voxel_mm"
 
 
@@ -245,7 +249,6 @@ def test_a_run_with_voxel_and_gain_starts_from_a_checkpoint(trained: Differentia
     """`gadsynth train --voxel-condition --condition-gain --init-from` a 4-feature run's checkpoint: both additions
     start with no influence, so the run starts exactly where the checkpoint was; the ONNX export keeps the gains."""
     from training.checkpoints import CHECKPOINT_FORMAT, initialize_from, save_checkpoint
-    from training.export import differential_manifest_fields, write_model_folder
     from training.model_folder import network_from_folder
     from training.train_config import TrainConfig, network_config
 
@@ -274,14 +277,7 @@ def test_a_run_with_voxel_and_gain_starts_from_a_checkpoint(trained: Differentia
             torch.testing.assert_close(network.eval()(image, _with_voxel(condition, voxel_mm)), expected)
         for parameter in network.parameters():  # every parameter moves, the gains included
             parameter.add_(0.02 * torch.randn_like(parameter))
-    folder = tmp_path / "ce-gain"
-    write_model_folder(
-        network,
-        folder,
-        differential_manifest_fields(
-            name="ce-gain", version="0.0.1", gamma=1.0, condition_features=wanted.condition_names
-        ),
-    )
+    folder = _export(network, tmp_path / "ce-gain")
     loaded, weights = network_from_folder(folder)
     assert weights == "model.onnx" and loaded.config == wanted
     with torch.no_grad():
