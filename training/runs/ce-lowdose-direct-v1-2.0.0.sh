@@ -8,11 +8,19 @@
 #   b  (ce-lowdose-v1 1.2.0) 2,000 steps on phantom:0-31, grid mix, 2 patches of 80^3, lr 1e-4 -> 1e-6
 #   c  (ce-lowdose-v1 1.3.0) 1,200 steps on phantom:0-63, grid mix with twice the coarse share, lr 5e-5 -> 1e-6
 #   d  (ce-lowdose-v1 1.5.0) 1,200 steps on c's data plus 40 subjects at 1.5 T and d 0.1-0.17 and 40 at 4 mm, lr 5e-5
+# ce-lowdose-v1 1.10.0 is 1.5.0 followed by two more stages of 1,200 steps on d's data, grids, patches and batch at
+# lr 1e-4 -> 1e-6 with the patch-balanced loss (1.8.0, then 1.10.0). Their other changes (the voxel size in the
+# condition, the gains) have no counterpart in the direct U-Net, which takes no condition; for l2 every voxel
+# weighs 1, so the patch-balanced loss equals the mean. Stages e and f repeat those two stages for this model
+# (2.1.0: exactly 1.10.0's budget):
+#   e  (ce-lowdose-v1 1.8.0)  1,200 steps on d's data, lr 1e-4 -> 1e-6, --loss-reduction patch
+#   f  (ce-lowdose-v1 1.10.0) the same again from e
 # The target is the unclipped one (--target-max 4; 1.0.0 clipped x_SD at the pre-contrast's p99.5), so the output
 # range changes: a new major version. Every stage is resumable: run it again and it continues from its last
 # checkpoint (every 50 steps), reusing prepared samples; after its last step it only exports its folder again.
-#   training/runs/ce-lowdose-direct-v1-2.0.0.sh a|b|c|d   # CPU, 2 threads, channels_last: 0.41 s/step (a), ~0.7 (b-d)
-#   training/runs/ce-lowdose-direct-v1-2.0.0.sh evaluate  # the sets of ce-lowdose-v1 1.3.0
+#   training/runs/ce-lowdose-direct-v1-2.0.0.sh a|b|c|d|e|f  # CPU, 2 threads, channels_last: 0.41 s/step (a), ~0.7 (b-f)
+#   training/runs/ce-lowdose-direct-v1-2.0.0.sh all          # a to f, each continued where it stopped
+#   training/runs/ce-lowdose-direct-v1-2.0.0.sh evaluate     # STAGE's model (default f: 2.1.0), main and 4 mm sets
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=.venv/bin
@@ -25,6 +33,10 @@ STAGES=var/train/$NAME-2.0.0            # STAGES/{a,b,c}: work folders; STAGES/o
 COMMON=(--model direct --width 8 --target-max 4 --threads 2 --checkpoint-every 50 --val-every 100 --overwrite
         --no-progress --exclude-pair gadobenate@1.5 --exclude-pair gadobutrol@3)
 MM=(--phantom-size full --val phantom:5000-5001 --val phantom:5005-5005 --patch 80 --batch 2 --cache var/train/cache-mm)
+
+# d's data, grids and steps (stages e and f keep them)
+D=("${MM[@]}" --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4 --data phantom:0-63
+   --data phantom:200-239,field=1.5,dose=0.1-0.17 --data phantom:300-339,grid=4 --steps 1200 --lr-min 1e-6)
 
 stage() {  # stage NAME FROM VERSION ARGS...: train stage NAME from the model folder FROM
   local name=$1 from=$2 version=$3; shift 3
@@ -45,14 +57,18 @@ case "${1:-}" in
     stage c "$STAGES/out-b/$NAME" 2.0.0-c "${MM[@]}" --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4 \
       --data phantom:0-63 --steps 1200 --lr 5e-5 --lr-min 1e-6 ;;
   d)
-    stage d "$STAGES/out-c/$NAME" 2.0.0 "${MM[@]}" --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4 \
-      --data phantom:0-63 --data phantom:200-239,field=1.5,dose=0.1-0.17 --data phantom:300-339,grid=4 \
-      --steps 1200 --lr 5e-5 --lr-min 1e-6 ;;
+    stage d "$STAGES/out-c/$NAME" 2.0.0 "${D[@]}" --lr 5e-5 ;;
+  e)
+    stage e "$STAGES/out-d/$NAME" 2.1.0-e "${D[@]}" --lr 1e-4 --loss-reduction patch ;;
+  f)
+    stage f "$STAGES/out-e/$NAME" 2.1.0 "${D[@]}" --lr 1e-4 --loss-reduction patch ;;
+  all)
+    for s in a b c d e f; do "$0" "$s"; done ;;
   evaluate)
-    new=($BIN/gadsynth evaluate --model "$NAME" --models-dir "$STAGES/out-d")
+    new=($BIN/gadsynth evaluate --model "$NAME" --models-dir "$STAGES/out-${STAGE:-f}")
     dest=${DEST:-evaluation/$NAME}
     "${new[@]}" --test-set phantom:1000-1011 --size full --work-dir var/eval/work-full --out "$dest"
     "${new[@]}" --test-set phantom:1000-1023 --size small --work-dir var/eval/work --examples 1 --out "$dest/small-4mm" ;;
   *)
-    echo "usage: $0 a|b|c|d|evaluate" >&2; exit 2 ;;
+    echo "usage: $0 a|b|c|d|e|f|all|evaluate" >&2; exit 2 ;;
 esac
