@@ -20,6 +20,7 @@
 # checkpoint (every 50 steps), reusing prepared samples; after its last step it only exports its folder again.
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh a|b|c|d|e|f  # CPU, 2 threads, channels_last: 0.41 s/step (a), ~0.7 (b-f)
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh all          # a to f, each continued where it stopped
+#   training/runs/ce-lowdose-direct-v1-2.0.0.sh prepare      # all stages' samples first, two processes (optional)
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh evaluate     # STAGE's model (default f: 2.1.0), main and 4 mm sets
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -64,11 +65,23 @@ case "${1:-}" in
     stage f "$STAGES/out-e/$NAME" 2.1.0 "${D[@]}" --lr 1e-4 --loss-reduction patch ;;
   all)
     for s in a b c d e f; do "$0" "$s"; done ;;
+  prepare)
+    # the samples of all stages (e and f use d's), one process per core, without overlap; each subject's grid is
+    # drawn from its own seed, so the split does not change which samples the stages get. Training then only reads.
+    released_model a5f4841 "$NAME" "$START"
+    prep() { $BIN/gadsynth train "${COMMON[@]}" --out "$STAGES/prepare/$NAME" --work "$STAGES/prepare" "$@" \
+               --threads 1 --prepare-only; }
+    CD=("${MM[@]}" --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4)
+    (prep --phantom-size small --data phantom:0-123 --val phantom:5000-5001 --cache var/train/cache &&
+     prep "${CD[@]}" --data phantom:0-63) &
+    (prep "${MM[@]}" --phantom-resolutions 1,1,1,1,1,1.25,1.5,2,4 --data phantom:0-31 &&
+     prep "${CD[@]}" --data phantom:200-239,field=1.5,dose=0.1-0.17 --data phantom:300-339,grid=4) &
+    wait ;;
   evaluate)
     new=($BIN/gadsynth evaluate --model "$NAME" --models-dir "$STAGES/out-${STAGE:-f}")
     dest=${DEST:-evaluation/$NAME}
     "${new[@]}" --test-set phantom:1000-1011 --size full --work-dir var/eval/work-full --out "$dest"
     "${new[@]}" --test-set phantom:1000-1023 --size small --work-dir var/eval/work --examples 1 --out "$dest/small-4mm" ;;
   *)
-    echo "usage: $0 a|b|c|d|e|f|all|evaluate" >&2; exit 2 ;;
+    echo "usage: $0 a|b|c|d|e|f|all|prepare|evaluate" >&2; exit 2 ;;
 esac
