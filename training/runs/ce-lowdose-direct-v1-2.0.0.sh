@@ -19,8 +19,9 @@
 # range changes: a new major version. Every stage is resumable: run it again and it continues from its last
 # checkpoint (every 50 steps), reusing prepared samples; after its last step it only exports its folder again.
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh a|b|c|d|e|f  # CPU, 2 threads, channels_last: 0.41 s/step (a), ~0.7 (b-f)
-#   training/runs/ce-lowdose-direct-v1-2.0.0.sh all          # a to f, each continued where it stopped
-#   training/runs/ce-lowdose-direct-v1-2.0.0.sh prepare      # all stages' samples first, two processes (optional)
+#   training/runs/ce-lowdose-direct-v1-2.0.0.sh all          # a to f, each continued where it stopped (done: skipped)
+#   training/runs/ce-lowdose-direct-v1-2.0.0.sh keep d       # d's model folder into git (KEPT), for a later machine
+#   training/runs/ce-lowdose-direct-v1-2.0.0.sh prepare [d]  # all stages' (or d's) samples first, two processes
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh evaluate     # STAGE's model (default f: 2.1.0), main and 4 mm sets
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,6 +29,9 @@ BIN=.venv/bin
 NAME=ce-lowdose-direct-v1
 START=var/models-4mm/$NAME              # 1.0.0 as released
 STAGES=var/train/$NAME-2.0.0            # STAGES/{a,b,c}: work folders; STAGES/out-{a,b,c}/NAME: their model folders
+# A finished stage's model folder can be kept in git (the `keep` command): a run on another machine (or after this
+# one's var/ is lost) restores it and goes on with the next stage, as `all` does on one machine. Not in the image.
+KEPT=training/runs/stages/$NAME-2.0.0
 
 . training/runs/common.sh
 
@@ -39,8 +43,15 @@ MM=(--phantom-size full --val phantom:5000-5001 --val phantom:5005-5005 --patch 
 D=("${MM[@]}" --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4 --data phantom:0-63
    --data phantom:200-239,field=1.5,dose=0.1-0.17 --data phantom:300-339,grid=4 --steps 1200 --lr-min 1e-6)
 
+# restore STAGE: STAGE's model folder from the copy kept in git when this machine does not have one
+restore() {
+  local out=$STAGES/out-$1/$NAME
+  if [ ! -f "$out/model.onnx" ] && [ -f "$KEPT/out-$1/model.onnx" ]; then mkdir -p "$out"; cp "$KEPT/out-$1"/* "$out"/; fi
+}
+
 stage() {  # stage NAME FROM VERSION ARGS...: train stage NAME from the model folder FROM
   local name=$1 from=$2 version=$3; shift 3
+  if [ "$from" != "$START" ]; then local prev=${from#"$STAGES"/out-}; restore "${prev%%/*}"; fi
   resume_args "$STAGES/$name"
   $BIN/gadsynth train "${COMMON[@]}" --out "$STAGES/out-$name/$NAME" --version "$version" --work "$STAGES/$name" \
     --init-from "$from" "$@" "${RESUME[@]}"
@@ -64,7 +75,16 @@ case "${1:-}" in
   f)
     stage f "$STAGES/out-e/$NAME" 2.1.0 "${D[@]}" --lr 1e-4 --loss-reduction patch ;;
   all)
-    for s in a b c d e f; do "$0" "$s"; done ;;
+    for s in a b c d e f; do
+      restore $s
+      if [ -f "$STAGES/out-$s/$NAME/model.onnx" ] && [ ! -d "$STAGES/$s/checkpoints" ]; then
+        echo "stage $s: its model folder is here (kept in git), going on"; continue
+      fi
+      "$0" "$s"
+    done ;;
+  keep)
+    [ -f "$STAGES/out-${2:-}/$NAME/model.onnx" ] || { echo "no finished stage '${2:-}' in $STAGES" >&2; exit 2; }
+    rm -rf "$KEPT/out-$2" && mkdir -p "$KEPT/out-$2" && cp "$STAGES/out-$2/$NAME"/* "$KEPT/out-$2"/ ;;
   prepare)
     # the samples of all stages (e and f use d's), one process per core, without overlap; each subject's grid is
     # drawn from its own seed, so the split does not change which samples the stages get. Training then only reads.
@@ -72,6 +92,11 @@ case "${1:-}" in
     prep() { $BIN/gadsynth train "${COMMON[@]}" --out "$STAGES/prepare/$NAME" --work "$STAGES/prepare" "$@" \
                --threads 1 --prepare-only; }
     CD=("${MM[@]}" --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4)
+    if [ "${2:-}" = d ]; then  # only d's samples (stages d, e and f), e.g. when a to c are kept in git
+      prep "${CD[@]}" --data phantom:0-63 &
+      prep "${CD[@]}" --data phantom:200-239,field=1.5,dose=0.1-0.17 --data phantom:300-339,grid=4 &
+      wait; exit 0
+    fi
     (prep --phantom-size small --data phantom:0-123 --val phantom:5000-5001 --cache var/train/cache &&
      prep "${CD[@]}" --data phantom:0-63) &
     (prep "${MM[@]}" --phantom-resolutions 1,1,1,1,1,1.25,1.5,2,4 --data phantom:0-31 &&
@@ -83,5 +108,5 @@ case "${1:-}" in
     "${new[@]}" --test-set phantom:1000-1011 --size full --work-dir var/eval/work-full --out "$dest"
     "${new[@]}" --test-set phantom:1000-1023 --size small --work-dir var/eval/work --examples 1 --out "$dest/small-4mm" ;;
   *)
-    echo "usage: $0 a|b|c|d|e|f|all|prepare|evaluate" >&2; exit 2 ;;
+    echo "usage: $0 a|b|c|d|e|f|all|keep STAGE|prepare|evaluate" >&2; exit 2 ;;
 esac
