@@ -18,7 +18,7 @@
 # The target is the unclipped one (--target-max 4; 1.0.0 clipped x_SD at the pre-contrast's p99.5), so the output
 # range changes: a new major version. Every stage is resumable: run it again and it continues from its last
 # checkpoint (every 50 steps), reusing prepared samples; after its last step it only exports its folder again.
-#   training/runs/ce-lowdose-direct-v1-2.0.0.sh a|b|c|d|e|f  # CPU, 2 threads, channels_last: 0.41 s/step (a), ~0.7 (b-f)
+#   training/runs/ce-lowdose-direct-v1-2.0.0.sh a|b|c|d|e|f  # CPU, 2 threads, channels_last: 0.41-0.66 s/step (a), 0.7-1.5 (b-f), by machine
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh all          # a to f, each continued where it stopped (done: skipped)
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh keep d       # d's model folder into git (KEPT), for a later machine
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh prepare [d]  # all stages' (or d's) samples first, two processes
@@ -75,11 +75,13 @@ case "${1:-}" in
   f)
     stage f "$STAGES/out-e/$NAME" 2.1.0 "${D[@]}" --lr 1e-4 --loss-reduction patch ;;
   all)
+    kept=""  # the last stage kept in git and not trained here: it and the stages before it are skipped
     for s in a b c d e f; do
       restore $s
-      if [ -f "$STAGES/out-$s/$NAME/model.onnx" ] && [ ! -d "$STAGES/$s/checkpoints" ]; then
-        echo "stage $s: its model folder is here (kept in git), going on"; continue
-      fi
+      if [ -f "$STAGES/out-$s/$NAME/model.onnx" ] && [ ! -d "$STAGES/$s/checkpoints" ]; then kept=$s; fi
+    done
+    for s in a b c d e f; do
+      if [ -n "$kept" ] && [[ ! "$s" > "$kept" ]]; then echo "stage $s: done (stage $kept is kept in git)"; continue; fi
       "$0" "$s"
     done ;;
   keep)
