@@ -39,9 +39,10 @@ COMMON=(--model direct --width 8 --target-max 4 --threads 2 --checkpoint-every 5
         --no-progress --exclude-pair gadobenate@1.5 --exclude-pair gadobutrol@3)
 MM=(--phantom-size full --val phantom:5000-5001 --val phantom:5005-5005 --patch 80 --batch 2 --cache var/train/cache-mm)
 
-# d's data, grids and steps (stages e and f keep them)
-D=("${MM[@]}" --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4 --data phantom:0-63
-   --data phantom:200-239,field=1.5,dose=0.1-0.17 --data phantom:300-339,grid=4 --steps 1200 --lr-min 1e-6)
+# c's grid mix; d's data, grids and steps (stages e and f keep them): c's subjects and two sources of their own
+CD=("${MM[@]}" --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4)
+D_OWN=(--data phantom:200-239,field=1.5,dose=0.1-0.17 --data phantom:300-339,grid=4)
+D=("${CD[@]}" --data phantom:0-63 "${D_OWN[@]}" --steps 1200 --lr-min 1e-6)
 
 # restore STAGE: STAGE's model folder from the copy kept in git when this machine does not have one
 restore() {
@@ -66,8 +67,7 @@ case "${1:-}" in
     stage b "$STAGES/out-a/$NAME" 2.0.0-b "${MM[@]}" --phantom-resolutions 1,1,1,1,1,1.25,1.5,2,4 \
       --data phantom:0-31 --steps 2000 --lr 1e-4 --lr-min 1e-6 ;;
   c)
-    stage c "$STAGES/out-b/$NAME" 2.0.0-c "${MM[@]}" --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4 \
-      --data phantom:0-63 --steps 1200 --lr 5e-5 --lr-min 1e-6 ;;
+    stage c "$STAGES/out-b/$NAME" 2.0.0-c "${CD[@]}" --data phantom:0-63 --steps 1200 --lr 5e-5 --lr-min 1e-6 ;;
   d)
     stage d "$STAGES/out-c/$NAME" 2.0.0 "${D[@]}" --lr 5e-5 ;;
   e)
@@ -88,21 +88,15 @@ case "${1:-}" in
     [ -f "$STAGES/out-${2:-}/$NAME/model.onnx" ] || { echo "no finished stage '${2:-}' in $STAGES" >&2; exit 2; }
     rm -rf "$KEPT/out-$2" && mkdir -p "$KEPT/out-$2" && cp "$STAGES/out-$2/$NAME"/* "$KEPT/out-$2"/ ;;
   prepare)
-    # the samples of all stages (e and f use d's), one process per core, without overlap; each subject's grid is
-    # drawn from its own seed, so the split does not change which samples the stages get. Training then only reads.
-    released_model a5f4841 "$NAME" "$START"
+    # the samples of all stages (e and f use d's; `prepare d`: only those), one process per core, without overlap;
+    # each subject's grid is drawn from its own seed, so the split does not change which samples the stages get.
     prep() { $BIN/gadsynth train "${COMMON[@]}" --out "$STAGES/prepare/$NAME" --work "$STAGES/prepare" "$@" \
                --threads 1 --prepare-only; }
-    CD=("${MM[@]}" --phantom-resolutions 1,1,1,4,2,1.25,1.5,2,4)
-    if [ "${2:-}" = d ]; then  # only d's samples (stages d, e and f), e.g. when a to c are kept in git
-      prep "${CD[@]}" --data phantom:0-63 &
-      prep "${CD[@]}" --data phantom:200-239,field=1.5,dose=0.1-0.17 --data phantom:300-339,grid=4 &
-      wait; exit 0
-    fi
-    (prep --phantom-size small --data phantom:0-123 --val phantom:5000-5001 --cache var/train/cache &&
+    only=${2:-}
+    ([ "$only" = d ] || prep --phantom-size small --data phantom:0-123 --val phantom:5000-5001 --cache var/train/cache
      prep "${CD[@]}" --data phantom:0-63) &
-    (prep "${MM[@]}" --phantom-resolutions 1,1,1,1,1,1.25,1.5,2,4 --data phantom:0-31 &&
-     prep "${CD[@]}" --data phantom:200-239,field=1.5,dose=0.1-0.17 --data phantom:300-339,grid=4) &
+    ([ "$only" = d ] || prep "${MM[@]}" --phantom-resolutions 1,1,1,1,1,1.25,1.5,2,4 --data phantom:0-31
+     prep "${CD[@]}" "${D_OWN[@]}") &
     wait ;;
   evaluate)
     new=($BIN/gadsynth evaluate --model "$NAME" --models-dir "$STAGES/out-${STAGE:-f}")

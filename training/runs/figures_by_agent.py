@@ -53,6 +53,7 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
+    if len(sys.argv) < 2 or any(arg.startswith("-") for arg in sys.argv[1:]):  # no options: --help gets the usage
+        sys.stderr.write(__doc__ or "")
+        sys.exit(2)
     main(sys.argv[1:])
