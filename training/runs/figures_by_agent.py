@@ -12,51 +12,50 @@ evaluate --agent NAME`) can (issue 12: `evaluation/ce-lowdose-v1-diagnostic-agen
 
 from __future__ import annotations
 
-import collections
-import json
+import math
+import statistics
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+from training.evaluate_report import metric_values
+from training.evaluation_summary import load_evaluation
 
 
 def finite_mean(values: list[float]) -> float:
     """Mean of the finite values (a lesion without a reference contrast has NaN ratios), NaN when none."""
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.fmean(finite) if finite else math.nan
+
+
+def group_of(subject: Mapping[str, Any]) -> tuple[str, str]:
+    return subject["flavour"]["agent"], subject["flavour"]["t1_sequence"]
 
 
 def main(paths: list[str]) -> None:
     lines: list[str] = []
     for name in paths:
-        path = Path(name)
-        file = path / "evaluation.json" if path.is_dir() else path
         try:
-            record = json.loads(file.read_text())
+            record = load_evaluation(Path(name))
         except (OSError, ValueError) as error:
-            sys.stderr.write(f"{file}: not a readable evaluation record ({error})\n")
+            sys.stderr.write(f"{name}: not a readable evaluation record ({error})\n")
             sys.exit(2)
-        lesions: dict[tuple[str, str], dict[str, list[float]]] = collections.defaultdict(
-            lambda: collections.defaultdict(list)
-        )
-        fe: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
-        for subject in record["subjects"]:
-            if subject.get("status", "ok") != "ok":
-                continue
-            group = (subject["flavour"]["agent"], subject["flavour"]["t1_sequence"])
-            fe[group].append(subject["methods"]["model"]["fe_normal"])
-            for lesion in subject["lesions"]:
-                model = lesion["methods"].get("model", {})
-                if lesion["enhancing"]:
-                    for key in ("c_bar", "c_hat"):
-                        lesions[group][key].append(model.get(key))
+        subjects = [s for s in record["subjects"] if s.get("status") == "ok"]
         lines.append(f"{name} ({record['test_set']}, {record['options'].get('size', '?')})")
         lines.append("  agent           sequence  subjects  lesions  c-bar   c-hat   FE normal")
-        for group in sorted(fe):
-            c_bar, c_hat = finite_mean(lesions[group]["c_bar"]), finite_mean(lesions[group]["c_hat"])
+        for group in sorted({group_of(s) for s in subjects}):
+
+            def keep(subject: Mapping[str, Any], lesion: Mapping[str, Any], group: tuple[str, str] = group) -> bool:
+                return group_of(subject) == group and (not lesion or lesion["enhancing"])
+
+            members = [s for s in subjects if group_of(s) == group]
+            enhancing = sum(1 for s in members for lesion in s["lesions"] if lesion["enhancing"])
+            c_bar, c_hat = (finite_mean(metric_values(record, "model", key, True, keep)) for key in ("c_bar", "c_hat"))
+            fe_normal = finite_mean(metric_values(record, "model", "fe_normal", False, keep))
             lines.append(
-                f"  {group[0]:<15} {group[1]:<8} {len(fe[group]):>9} {len(lesions[group]['c_bar']):>8}  {c_bar:.3f}"
-                f"   {c_hat:.3f}   {100 * finite_mean(fe[group]):.3f} %"
+                f"  {group[0]:<15} {group[1]:<8} {len(members):>9} {enhancing:>8}  {c_bar:.3f}"
+                f"   {c_hat:.3f}   {100 * fe_normal:.3f} %"
             )
     sys.stdout.write("\n".join(lines) + "\n")
 
