@@ -19,6 +19,7 @@ from operators.model_manifest import ConditionFeature, ModelManifest, Normalizat
 from operators.normalization import DifferentialNormalization
 from operators.registration import RegisteredStudy
 from operators.roles import Role, relaxivity
+from operators.series_features import inversion_prepared
 from operators.study import ContrastInfo, Volume
 
 __all__ = ["NormalizedInputs", "condition_vector", "normalize"]
@@ -84,6 +85,18 @@ def _field_strength(volumes: dict[Role, Volume], contrast: dict[Role, ContrastIn
     return None
 
 
+def _inversion_prepared(volumes: dict[Role, Volume]) -> float | None:
+    """1 when the low-dose T1 (else the pre-contrast one) is inversion-prepared, 0 when it is not, None if unknown."""
+    for role in (Role.T1_LOW_DOSE, Role.T1_PRE):
+        volume = volumes.get(role)
+        if volume is None or not volume.series.instances:
+            continue
+        prepared = inversion_prepared(volume.series.first)
+        if prepared is not None:
+            return float(prepared)
+    return None
+
+
 def condition_vector(
     manifest: ModelManifest,
     *,
@@ -96,7 +109,9 @@ def condition_vector(
 
     Values come from ``contrast[t1_low_dose]`` (dose, field strength, agent and r1, from the selector), else the
     series header (field strength), else the manifest's ``condition.defaults``; ``sigma`` is the normalization's
-    noise estimate; ``voxel_mm`` is the geometric mean of ``spacing``, the grid the network runs on.
+    noise estimate; ``voxel_mm`` is the geometric mean of ``spacing``, the grid the network runs on;
+    ``inversion_prepared`` (1 or 0) is whether the low-dose T1 is inversion-prepared (MPRAGE) or not (gradient echo),
+    from its header.
 
     Returns
     -------
@@ -121,6 +136,7 @@ def condition_vector(
         "r1": (post.r1 if post else None, post.source if post else "missing"),
         "sigma": (sigma, "normalization"),
         "voxel_mm": (None if spacing is None else float(np.prod(spacing)) ** (1.0 / len(spacing)), "grid"),
+        "inversion_prepared": (_inversion_prepared(volumes), "header"),
     }
     if found["r1"][0] is None and post is not None and post.agent and post.field_strength_t:
         found["r1"] = (relaxivity(post.agent, post.field_strength_t), "agent table")
@@ -130,6 +146,7 @@ def condition_vector(
         "r1": "ContrastBolusAgent",
         "sigma": "(noise estimate)",
         "voxel_mm": "PixelSpacing + slice positions",
+        "inversion_prepared": "ScanningSequence / InversionTime",
     }
     values: list[float] = []
     sources: dict[str, dict[str, Any]] = {}

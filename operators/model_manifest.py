@@ -92,7 +92,7 @@ class OutputScale(StrEnum):
     NORMALIZED = "normalized"
 
 
-ConditionFeature = Literal["dose", "field_strength_t", "r1", "sigma", "voxel_mm"]
+ConditionFeature = Literal["dose", "field_strength_t", "r1", "sigma", "voxel_mm", "inversion_prepared"]
 
 #: Channel names a model may ask for, by normalization kind. Differential: z_ld = noise-normalized low-dose
 #: subtraction, x_ld / x_pc = images after 95th-percentile scaling and radiometric alignment, s_ld / m_ld = local

@@ -107,6 +107,26 @@ def _datetime(ds: Dataset) -> dt.datetime | None:
     return None
 
 
+def inversion_prepared(ds: Dataset) -> bool | None:
+    """Whether the series is inversion-prepared (MPRAGE, IR-FSPGR / BRAVO, 3D TFE with an inversion pulse): IR in
+    ScanningSequence (or InversionRecovery YES in an Enhanced MR header) or a non-zero InversionTime (InversionTimes).
+
+    None when the header says neither the scanning sequence nor an inversion time.
+    """
+    scanning = _scanning_sequence(ds)
+    inversion = lookup(ds, "InversionTime")
+    if inversion is None:
+        times = lookup(ds, "InversionTimes")
+        inversion = times[0] if isinstance(times, list) and times else times
+    try:
+        inverted = inversion is not None and float(inversion) > 0
+    except (TypeError, ValueError):
+        inverted = False
+    if "IR" in scanning or inverted:
+        return True
+    return False if scanning else None
+
+
 def _scanning_sequence(ds: Dataset) -> list[str]:
     value = lookup(ds, "ScanningSequence")
     if value:

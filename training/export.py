@@ -31,6 +31,7 @@ from training.model_card import render_model_card
 from training.networks import (
     CONDITION_FEATURES,
     GRID_CONDITION_FEATURES,
+    SEQUENCE_CONDITION_FEATURES,
     DifferentialUNet,
     DirectUNet,
     describe_network,
@@ -84,14 +85,15 @@ def random_check_inputs(network: torch.nn.Module, *, seed: int = 0) -> list[Chec
 
 
 def _random_condition(rng: np.random.Generator, n: int, features: int) -> np.ndarray:
-    if features not in (len(CONDITION_FEATURES), len(GRID_CONDITION_FEATURES)):
+    if features not in (len(CONDITION_FEATURES), len(GRID_CONDITION_FEATURES), len(SEQUENCE_CONDITION_FEATURES)):
         return rng.uniform(0.0, 1.0, (n, features)).astype(np.float32)
     dose = rng.uniform(0.1, 0.33, n)
     field = rng.choice([1.5, 3.0], n)
     r1 = rng.uniform(3.4, 4.6, n)
     sigma = rng.uniform(0.01, 0.05, n)
     voxel = rng.uniform(1.0, 4.0, n)
-    return np.stack([dose, field, r1, sigma, voxel][:features], axis=1).astype(np.float32)
+    inversion = rng.integers(0, 2, n).astype(float)
+    return np.stack([dose, field, r1, sigma, voxel, inversion][:features], axis=1).astype(np.float32)
 
 
 def export_onnx(

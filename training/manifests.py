@@ -132,8 +132,8 @@ def differential_manifest_fields(
     normalization: NormalizationSpec | None = None,
 ) -> dict[str, Any]:
     """Manifest fields (all but sha256) of a differential U-Net model: inputs z_ld, x_ld, s_ld, condition
-    ``condition_features`` ([d, B, r1, sigma], optionally the voxel size), output y_hat in units of sigma_LD (scale
-    ``local_std``, non-negative), the target's w, b.
+    ``condition_features`` ([d, B, r1, sigma], optionally the voxel size and the inversion preparation), output
+    y_hat in units of sigma_LD (scale ``local_std``, non-negative), the target's w, b.
     """
     w, b = sigmoid_target_params(1.0)
     meanings = {
@@ -147,7 +147,9 @@ def differential_manifest_fields(
         "description": description
         or "Conditional differential U-Net (Pinetz et al.): predicts the standard-dose contrast signal from the "
         "low-dose subtraction, conditioned on dose, field strength, relaxivity and noise level"
-        + (" and on the voxel size of its grid." if "voxel_mm" in condition_features else "."),
+        + (" and on the voxel size of its grid" if "voxel_mm" in condition_features else "")
+        + (" and on whether its T1 is inversion-prepared" if "inversion_prepared" in condition_features else "")
+        + ".",
         "intended_use": intended_use,
         **_low_dose_differential(normalization),
         "inputs": [InputChannel(name=c, meaning=meanings[c]) for c in DIFFERENTIAL_INPUTS],

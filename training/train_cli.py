@@ -72,6 +72,12 @@ def train(
     voxel_condition: Annotated[
         bool, typer.Option(help="Differential: condition on the working grid's voxel size as well (5 features).")
     ] = False,
+    sequence_condition: Annotated[
+        bool,
+        typer.Option(
+            help="Differential, with --voxel-condition: condition on whether the T1 is inversion-prepared (6 features)."
+        ),
+    ] = False,
     voxel_scale: Annotated[
         float | None,
         typer.Option(help="With --voxel-condition: standardization scale of the voxel size in mm (default 0.1)."),
@@ -162,6 +168,7 @@ def train(
             depth=depth,
             embedding_dim=embedding_dim,
             voxel_condition=voxel_condition,
+            sequence_condition=sequence_condition,
             voxel_scale=voxel_scale,
             condition_gain=condition_gain,
             gain_lr_factor=gain_lr_factor,

@@ -19,6 +19,7 @@ from training.networks import (
     DEFAULT_CONDITION_SCALE,
     GRID_CONDITION_FEATURES,
     LOW_DOSE_DIRECT_INPUTS,
+    SEQUENCE_CONDITION_FEATURES,
     DifferentialUNetConfig,
     DirectUNetConfig,
     NetworkConfig,
@@ -89,6 +90,9 @@ class TrainConfig:
         Network size overrides (base width, scales / levels, condition embedding); None = defaults.
     voxel_condition:
         Differential: the condition also holds the voxel size of the working grid (``GRID_CONDITION_FEATURES``).
+    sequence_condition:
+        Differential, with ``voxel_condition``: the condition also holds whether the T1 is inversion-prepared
+        (``SEQUENCE_CONDITION_FEATURES``; 1 for MPRAGE, 0 for a gradient echo, from the series header).
     voxel_scale:
         With ``voxel_condition``: the voxel size's standardization scale in mm (None = the default, 0.1 mm;
         ``(v - 2 mm) / scale`` enters the embedding). Its weights start at zero and Adam moves a weight by about
@@ -154,6 +158,7 @@ class TrainConfig:
     depth: int | None = None
     embedding_dim: int | None = None
     voxel_condition: bool = False
+    sequence_condition: bool = False
     voxel_scale: float | None = None
     condition_gain: bool = False
     gain_lr_factor: float = 1.0
@@ -193,6 +198,8 @@ class TrainConfig:
             raise ValueError(f"--memory-format must be one of {list(_MEMORY_FORMATS)}; found {self.memory_format!r}")
         if self.voxel_condition and self.model != "differential":
             raise ValueError(f"--voxel-condition applies to differential models; found a {self.model} model")
+        if self.sequence_condition and not self.voxel_condition:
+            raise ValueError("--sequence-condition extends the condition of --voxel-condition; give both")
         if self.voxel_scale is not None and not (self.voxel_condition and self.voxel_scale > 0):
             raise ValueError(f"--voxel-scale needs --voxel-condition and a positive scale; found {self.voxel_scale}")
         if self.condition_gain and self.model != "differential":
@@ -304,9 +311,15 @@ def network_config(config: TrainConfig) -> NetworkConfig:
         if config.embedding_dim is not None:
             sizes["embedding_dim"] = config.embedding_dim
         if config.voxel_condition:
-            sizes["condition_features"] = len(GRID_CONDITION_FEATURES)
+            n = len(SEQUENCE_CONDITION_FEATURES if config.sequence_condition else GRID_CONDITION_FEATURES)
+            sizes["condition_features"] = n
             if config.voxel_scale is not None:
-                sizes["condition_scale"] = (*DEFAULT_CONDITION_SCALE[: len(CONDITION_FEATURES)], config.voxel_scale)
+                four = len(CONDITION_FEATURES)
+                sizes["condition_scale"] = (
+                    *DEFAULT_CONDITION_SCALE[:four],
+                    config.voxel_scale,
+                    *DEFAULT_CONDITION_SCALE[four + 1 : n],
+                )
         if config.condition_gain:
             sizes["condition_gain"] = True
         return DifferentialUNetConfig(**sizes)

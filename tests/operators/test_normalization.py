@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from pydicom import Dataset
 from scipy import ndimage
 
 from operators.brain_mask import BrainMask
@@ -36,7 +39,7 @@ from operators.normalization import (
 )
 from operators.registration import RegisteredStudy
 from operators.roles import Role
-from operators.study import ContrastInfo, Series, Volume
+from operators.study import ContrastInfo, Instance, Series, Volume
 from tests.conftest import REPO
 from tests.operators.mni_head import enhancing_pair, mni_head
 
@@ -324,6 +327,52 @@ class TestNormalize:
         spacing = study.images[Role.T1_PRE].GetSpacing()
         assert normalized.condition is not None
         assert normalized.condition[1] == pytest.approx(float(np.prod(spacing)) ** (1 / 3), rel=1e-6)
+
+    @pytest.mark.parametrize(
+        ("header", "expected", "source"),
+        [
+            (
+                {"ScanningSequence": ["GR", "IR"], "SequenceVariant": ["SP", "MP"], "InversionTime": "900"},
+                1.0,
+                "header",
+            ),
+            ({"ScanningSequence": "GR", "SequenceVariant": ["SP", "SS"]}, 0.0, "header"),  # spoiled gradient echo
+            ({"ScanningSequence": "GR", "InversionTime": "450"}, 1.0, "header"),  # IR-FSPGR: only TI says so
+            ({"EchoPulseSequence": "GRADIENT", "InversionRecovery": "YES"}, 1.0, "header"),  # Enhanced MR
+            ({"EchoPulseSequence": "GRADIENT", "InversionRecovery": "NO"}, 0.0, "header"),
+            ({}, 0.0, "model default"),  # the header says nothing: the manifest's default, if it has one
+        ],
+    )
+    def test_inversion_preparation_feature(
+        self, pair: dict[str, np.ndarray], header: dict[str, object], expected: float, source: str
+    ) -> None:
+        """A model conditioned on the T1 sequence gets q = 1 for an inversion-prepared T1, 0 for a gradient echo."""
+        features: list[ConditionFeature] = ["dose", "inversion_prepared"]
+        condition = ConditionSpec(features=features, defaults={"inversion_prepared": 0.0})
+        manifest = ModelManifest.load(BASELINE).model_copy(update={"condition": condition})
+        study, _ = _study(pair, (Role.T1_PRE, Role.T1_LOW_DOSE))
+        dataset = Dataset()
+        for keyword, value in header.items():
+            setattr(dataset, keyword, value)
+        series = study.volumes[Role.T1_LOW_DOSE].series
+        series.instances.append(
+            Instance(Path("x.dcm"), "1.2.3", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2.1", dataset)
+        )
+        contrast = {Role.T1_LOW_DOSE: ContrastInfo(dose=0.25, agent="gadobutrol", field_strength_t=3.0, r1=4.5)}
+        vector, sources = condition_vector(manifest, contrast=contrast, volumes=study.volumes, sigma=0.02)
+        assert vector is not None and vector.tolist() == [0.25, expected]
+        assert sources["inversion_prepared"] == {"value": expected, "source": source}
+
+    def test_unknown_inversion_preparation_without_default_is_a_clear_input_error(
+        self, pair: dict[str, np.ndarray]
+    ) -> None:
+        features: list[ConditionFeature] = ["dose", "inversion_prepared"]
+        manifest = ModelManifest.load(BASELINE).model_copy(update={"condition": ConditionSpec(features=features)})
+        study, _ = _study(pair, (Role.T1_PRE, Role.T1_LOW_DOSE))
+        contrast = {Role.T1_LOW_DOSE: ContrastInfo(dose=0.25, agent="gadobutrol", field_strength_t=3.0, r1=4.5)}
+        with pytest.raises(InputDicomError, match="inversion_prepared") as raised:
+            condition_vector(manifest, contrast=contrast, volumes=study.volumes, sigma=0.02)
+        assert raised.value.attribute == "ScanningSequence / InversionTime"
 
     def test_missing_dose_is_a_clear_input_error(self, pair: dict[str, np.ndarray]) -> None:
         manifest = ModelManifest.load(BASELINE)

@@ -4,6 +4,7 @@ starts as the trained one, and its new weights learn."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -317,3 +318,57 @@ def test_the_gains_can_learn_at_their_own_rate(tmp_path: Path) -> None:
     assert gain_lr > 9 * rest_lr > 0
     with pytest.raises(ValueError, match="--gain-lr-factor needs --condition-gain"):
         TrainConfig(out=tmp_path, data=("phantom:0-1",), gain_lr_factor=10.0)
+
+
+def test_a_run_with_the_sequence_condition_starts_from_a_grid_model_with_gains(
+    trained: DifferentialUNet, tmp_path: Path
+) -> None:
+    """`gadsynth train --voxel-condition --sequence-condition --condition-gain --init-from` a 5-feature model with
+    gains (as 1.10.0): the sixth feature, the inversion preparation q, starts with no influence for q = 0 and 1, gets
+    gradients, and the export names it; --sequence-condition alone is refused."""
+    from training.checkpoints import initialize_from
+    from training.train_config import TrainConfig, manifest_fields, network_config
+
+    grid = DifferentialUNetConfig(
+        base_width=4, embedding_dim=16, condition_features=5, condition_scale=(0.1, 0.75, 0.5, 0.02, 0.02)
+    )
+    grid_gain = replace(grid, condition_gain=True)
+    source = DifferentialUNet(grid_gain)
+    source.load_state_dict(add_gain_state(add_condition_state(trained.state_dict(), NARROW, grid), grid, grid_gain))
+    with torch.no_grad():  # the gains and the voxel weights have moved, as in a trained 1.10.0
+        for parameter in source.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    folder = _export(source, tmp_path / "ce-grid-gain")
+    config = TrainConfig(
+        out=tmp_path / "out",
+        data=("phantom:0-1",),
+        width=4,
+        embedding_dim=16,
+        voxel_condition=True,
+        sequence_condition=True,
+        voxel_scale=0.02,
+        condition_gain=True,
+        init_from=folder,
+    )
+    wanted = network_config(config)
+    assert wanted.condition_features == 6 and wanted.condition_names[-1] == "inversion_prepared"
+    assert wanted.resolved_condition_standardization() == (
+        (0.2, 2.25, 4.0, 0.03, 2.0, 0.5),
+        (0.1, 0.75, 0.5, 0.02, 0.02, 0.02),
+    )
+    network = DifferentialUNet(wanted)
+    initialize_from(network, wanted, folder)
+    image, condition = _inputs()
+    grid_condition = _with_voxel(condition, 1.0)
+    with torch.no_grad():
+        expected = source.eval()(image, grid_condition)
+        for q in (0.0, 1.0):
+            torch.testing.assert_close(
+                network.eval()(image, _with_voxel(grid_condition, q)), expected, atol=1e-5, rtol=1e-4
+            )
+    network.train()(image, _with_voxel(grid_condition, 1.0)).square().mean().backward()
+    first = network.embedding.mlp[0].weight
+    assert torch.all(first[:, 5] == 0) and first.grad is not None and float(first.grad[:, 5].abs().sum()) > 0
+    assert manifest_fields(config, wanted, gamma=1.0)["condition"].features[-2:] == ["voxel_mm", "inversion_prepared"]
+    with pytest.raises(ValueError, match="--sequence-condition extends the condition of --voxel-condition"):
+        TrainConfig(out=tmp_path, data=("phantom:0-1",), sequence_condition=True)

@@ -51,6 +51,7 @@ TYPICAL_CONDITION: dict[str, float] = {
     "r1": 4.5,
     "sigma": 0.03,
     "voxel_mm": 1.0,
+    "inversion_prepared": 1.0,
 }
 ROWS = ("ort", "eager")
 #: Semi-axes of the synthetic brain as fractions of the grid (slices, rows, columns): the brain masks of 1 mm

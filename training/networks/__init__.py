@@ -12,6 +12,7 @@ from training.networks.differential import (
     DEFAULT_CONDITION_SCALE,
     DIFFERENTIAL_INPUTS,
     GRID_CONDITION_FEATURES,
+    SEQUENCE_CONDITION_FEATURES,
     DifferentialUNet,
     DifferentialUNetConfig,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "DIRECT_INPUTS",
     "GRID_CONDITION_FEATURES",
     "LOW_DOSE_DIRECT_INPUTS",
+    "SEQUENCE_CONDITION_FEATURES",
     "ZERO_DOSE_INPUTS",
     "ZERO_DOSE_T1_MAP_INPUTS",
     "DifferentialUNet",

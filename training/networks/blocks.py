@@ -119,7 +119,8 @@ class ConditionEmbedding(nn.Module):
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
         if not is_tracing() and (condition.ndim != 2 or condition.shape[1] != self.features):
             raise ValueError(
-                f"condition must be (N, {self.features}) = [dose, B, r1, sigma(, voxel_mm)] per sample; "
+                f"condition must be (N, {self.features}) = [dose, B, r1, sigma(, voxel_mm(, inversion_prepared))] "
+                "per sample; "
                 f"found shape {tuple(condition.shape)}"
             )
         embedding: torch.Tensor = self.mlp((condition - self.offset) / self.scale)

@@ -23,6 +23,7 @@ __all__ = [
     "CONDITION_FEATURES",
     "DIFFERENTIAL_INPUTS",
     "GRID_CONDITION_FEATURES",
+    "SEQUENCE_CONDITION_FEATURES",
     "DifferentialUNet",
     "DifferentialUNetConfig",
 ]
@@ -39,13 +40,21 @@ CONDITION_FEATURES: tuple[str, ...] = ("dose", "field_strength_t", "r1", "sigma"
 #: mean of the working grid's spacing). One set of weights for 1 mm and 4 mm voxels settles between the gains each
 #: grid needs (issue 12); with v the embedding can shift every block per grid.
 GRID_CONDITION_FEATURES: tuple[str, ...] = (*CONDITION_FEATURES, "voxel_mm")
+#: The condition of a network that also knows its T1 sequence: [d, B, r1, sigma, v] and q, 1 for an
+#: inversion-prepared T1 (MPRAGE), 0 for a spoiled gradient echo. The same low dose enhances differently on the two:
+#: ce-lowdose-v1 1.10.0, without q, over-enhanced on gradient echo and under-enhanced on MPRAGE (4 mm c-hat 1.18 vs
+#: 0.83 with the agent fixed; issue 12).
+SEQUENCE_CONDITION_FEATURES: tuple[str, ...] = (*GRID_CONDITION_FEATURES, "inversion_prepared")
+#: Condition lengths a manifest can name, shortest first.
+_CONDITIONS: tuple[tuple[str, ...], ...] = (CONDITION_FEATURES, GRID_CONDITION_FEATURES, SEQUENCE_CONDITION_FEATURES)
 #: Fixed standardization of [d, B, r1, sigma, v] before the MLP: typical centre and spread of each feature, except
 #: v's scale: 0.1 mm, ten times below its spread, so that v (-10 at 1 mm, +20 at 4 mm) moves the embedding ten times
 #: faster per step. A feature added to a trained network starts with zero weights, and Adam moves each weight by
 #: about the learning rate per step: at a scale of 1 mm, 1,200 fine-tuning steps moved v's weights to at most 0.01
-#: (the trained features' reach 0.55) and changed nothing (training/runs/ce-lowdose-v1-1.6.0.sh).
-DEFAULT_CONDITION_OFFSET: tuple[float, ...] = (0.2, 2.25, 4.0, 0.03, 2.0)
-DEFAULT_CONDITION_SCALE: tuple[float, ...] = (0.1, 0.75, 0.5, 0.02, 0.1)
+#: (the trained features' reach 0.55) and changed nothing (training/runs/ce-lowdose-v1-1.6.0.sh). q is standardized
+#: to -25 / +25 for the same reason (scale 0.02, as the voxel size of the runs from 1.8.0 on).
+DEFAULT_CONDITION_OFFSET: tuple[float, ...] = (0.2, 2.25, 4.0, 0.03, 2.0, 0.5)
+DEFAULT_CONDITION_SCALE: tuple[float, ...] = (0.1, 0.75, 0.5, 0.02, 0.1, 0.02)
 #: Initialization of the output convolution: weights scaled down, bias positive (in units of sigma_LD-normalized
 #: intensity), so that the output ReLU passes gradient everywhere when training starts.
 HEAD_WEIGHT_SCALE = 0.1
@@ -61,7 +70,8 @@ class DifferentialUNetConfig(SerializableConfig):
     in_channels:
         Input channels (3: z_LD, x_LD, s_LD).
     condition_features:
-        Length of the condition vector: 4 (d, B, r1, sigma) or 5 (and the voxel size, ``GRID_CONDITION_FEATURES``).
+        Length of the condition vector: 4 (d, B, r1, sigma), 5 (and the voxel size, ``GRID_CONDITION_FEATURES``) or
+        6 (and the inversion preparation, ``SEQUENCE_CONDITION_FEATURES``).
     base_width:
         Channels at the finest scale; doubled per scale (the paper uses 32).
     scales:
@@ -82,8 +92,8 @@ class DifferentialUNetConfig(SerializableConfig):
     input_pyramid:
         Feed the down-scaled input images into every coarser scale as well (the paper's figure 9).
     condition_offset, condition_scale:
-        Fixed standardization (c - offset) / scale of the condition; None = defaults for [d, B, r1, sigma] and
-        [d, B, r1, sigma, v] (0 / 1 for any other length).
+        Fixed standardization (c - offset) / scale of the condition; None = defaults for [d, B, r1, sigma],
+        [d, B, r1, sigma, v] and [d, B, r1, sigma, v, q] (0 / 1 for any other length).
     condition_gain:
         The condition also scales every channel of every conditional residual block (FiLM), besides adding a
         bias: with the voxel size in the condition, each grid can get its own gain (issue 12). False keeps the
@@ -164,20 +174,20 @@ class DifferentialUNetConfig(SerializableConfig):
         Raises
         ------
         ValueError
-            When the length is neither 4 nor 5: no manifest names such a condition.
+            When the length is not 4, 5 or 6: no manifest names such a condition.
         """
-        for names in (CONDITION_FEATURES, GRID_CONDITION_FEATURES):
+        for names in _CONDITIONS:
             if len(names) == self.condition_features:
                 return names
         raise ValueError(
-            f"a differential U-Net's condition is {list(CONDITION_FEATURES)} or {list(GRID_CONDITION_FEATURES)}; "
+            f"a differential U-Net's condition is one of {[list(names) for names in _CONDITIONS]}; "
             f"this one has {self.condition_features} feature(s)"
         )
 
     def resolved_condition_standardization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(offset, scale) actually used for the condition."""
         n = self.condition_features
-        known = n in (len(CONDITION_FEATURES), len(GRID_CONDITION_FEATURES))
+        known = n in {len(names) for names in _CONDITIONS}
         default_offset = DEFAULT_CONDITION_OFFSET[:n] if known else (0.0,) * n
         default_scale = DEFAULT_CONDITION_SCALE[:n] if known else (1.0,) * n
         offset = self.condition_offset if self.condition_offset is not None else default_offset

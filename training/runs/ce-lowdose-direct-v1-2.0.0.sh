@@ -15,11 +15,14 @@
 # (2.1.0: exactly 1.10.0's budget):
 #   e  (ce-lowdose-v1 1.8.0)  1,200 steps on d's data, lr 1e-4 -> 1e-6, --loss-reduction patch
 #   f  (ce-lowdose-v1 1.10.0) the same again from e
+# ce-lowdose-v1 1.12.0 is 1.10.0 with one more such stage (the T1 sequence added to its condition, which again has
+# no counterpart here); stage g repeats it for this model (2.2.0: exactly 1.12.0's budget):
+#   g  (ce-lowdose-v1 1.12.0) the same again from f
 # The target is the unclipped one (--target-max 4; 1.0.0 clipped x_SD at the pre-contrast's p99.5), so the output
 # range changes: a new major version. Every stage is resumable: run it again and it continues from its last
 # checkpoint (every 50 steps), reusing prepared samples; after its last step it only exports its folder again.
-#   training/runs/ce-lowdose-direct-v1-2.0.0.sh a|b|c|d|e|f  # CPU, 2 threads, channels_last: 0.41-0.66 s/step (a), 0.7-1.5 (b-f), by machine
-#   training/runs/ce-lowdose-direct-v1-2.0.0.sh all          # a to f, each continued where it stopped (done: skipped)
+#   training/runs/ce-lowdose-direct-v1-2.0.0.sh a|b|...|g    # CPU, 2 threads, channels_last: 0.41-0.66 s/step (a), 0.7-1.5 (b-f), by machine
+#   training/runs/ce-lowdose-direct-v1-2.0.0.sh all          # a to g, each continued where it stopped (done: skipped)
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh keep d       # d's model folder into git (KEPT), for a later machine
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh prepare [d]  # all stages' (or d's) samples first, two processes
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh evaluate     # STAGE's model (default f: 2.1.0), main and 4 mm sets
@@ -74,13 +77,16 @@ case "${1:-}" in
     stage e "$STAGES/out-d/$NAME" 2.1.0-e "${D[@]}" --lr 1e-4 --loss-reduction patch ;;
   f)
     stage f "$STAGES/out-e/$NAME" 2.1.0 "${D[@]}" --lr 1e-4 --loss-reduction patch ;;
+  g)
+    released_model 1e80983 "$NAME" "$STAGES/out-f/$NAME"  # f as released (2.1.0) where this machine did not train it
+    stage g "$STAGES/out-f/$NAME" 2.2.0 "${D[@]}" --lr 1e-4 --loss-reduction patch ;;
   all)
     kept=""  # the last stage kept in git and not trained here: it and the stages before it are skipped
-    for s in a b c d e f; do
+    for s in a b c d e f g; do
       restore $s
       if [ -f "$STAGES/out-$s/$NAME/model.onnx" ] && [ ! -d "$STAGES/$s/checkpoints" ]; then kept=$s; fi
     done
-    for s in a b c d e f; do
+    for s in a b c d e f g; do
       if [ -n "$kept" ] && [[ ! "$s" > "$kept" ]]; then echo "stage $s: done (stage $kept is kept in git)"; continue; fi
       "$0" "$s"
     done ;;
@@ -104,5 +110,5 @@ case "${1:-}" in
     "${new[@]}" --test-set phantom:1000-1011 --size full --work-dir var/eval/work-full --out "$dest"
     "${new[@]}" --test-set phantom:1000-1023 --size small --work-dir var/eval/work --examples 1 --out "$dest/small-4mm" ;;
   *)
-    echo "usage: $0 a|b|c|d|e|f|all|keep STAGE|prepare|evaluate" >&2; exit 2 ;;
+    echo "usage: $0 a|b|c|d|e|f|g|all|keep STAGE|prepare|evaluate" >&2; exit 2 ;;
 esac
