@@ -117,6 +117,19 @@ def baseline_manifest_fields(*, name: str, version: str, description: str, inten
     }
 
 
+def _also_conditioned_on(condition_features: Sequence[str]) -> str:
+    """The description's tail for the condition features beyond [d, B, r1, sigma]."""
+    extras = [
+        text
+        for feature, text in (
+            ("voxel_mm", "the voxel size of its grid"),
+            ("inversion_prepared", "whether its T1 is inversion-prepared"),
+        )
+        if feature in condition_features
+    ]
+    return f" and on {' and '.join(extras)}" if extras else ""
+
+
 def differential_manifest_fields(
     *,
     name: str,
@@ -147,8 +160,7 @@ def differential_manifest_fields(
         "description": description
         or "Conditional differential U-Net (Pinetz et al.): predicts the standard-dose contrast signal from the "
         "low-dose subtraction, conditioned on dose, field strength, relaxivity and noise level"
-        + (" and on the voxel size of its grid" if "voxel_mm" in condition_features else "")
-        + (" and on whether its T1 is inversion-prepared" if "inversion_prepared" in condition_features else "")
+        + _also_conditioned_on(condition_features)
         + ".",
         "intended_use": intended_use,
         **_low_dose_differential(normalization),

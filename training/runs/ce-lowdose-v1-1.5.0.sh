@@ -11,7 +11,7 @@
 #   - phantom:200-239,field=1.5,dose=0.1-0.17: 40 subjects at 1.5 T and the lowest doses, on the same grid mix;
 #   - phantom:300-339,grid=4: 40 subjects on the 4 mm grid;
 # 1,200 steps from 1.3.0's weights, lr 5e-5 to 1e-6 (1.3.0's own stage); 0.79 s per step, 16 minutes.
-# Result (shipped; evaluation/ce-lowdose-v1/SUMMARY.md): 1 mm main set c-bar 0.935 (1.3.0 0.857), c-hat 1.14 (1.07),
+# Result (shipped; evaluation/ce-lowdose-v1-1.5.0/SUMMARY.md): 1 mm main set c-bar 0.935 (1.3.0 0.857), c-hat 1.14 (1.07),
 # PSNR_L 23.0 dB (22.6), c-bar at d = 0.1 0.741 (0.643); 4 mm set c-bar 0.71 (0.69; 1.1.0 0.79): the 4 mm gap stays.
 # Every step is resumable: run it again and prepared samples, checkpoints and cached evaluation studies are reused.
 #   training/runs/ce-lowdose-v1-1.5.0.sh prepare    # ~30-40 s per new 1 mm subject, a few s per coarse one
