@@ -17,7 +17,7 @@
 #   f  (ce-lowdose-v1 1.10.0) the same again from e
 # ce-lowdose-v1 1.12.0 is 1.10.0 with one more such stage (the T1 sequence added to its condition, which again has
 # no counterpart here); stage g repeats it for this model (2.2.0: exactly 1.12.0's budget):
-#   g  (ce-lowdose-v1 1.12.0) the same again from f
+#   g  (ce-lowdose-v1 1.12.0) the same again from f (trained, sha256 728d21977146, kept in git; not yet evaluated)
 # The target is the unclipped one (--target-max 4; 1.0.0 clipped x_SD at the pre-contrast's p99.5), so the output
 # range changes: a new major version. Every stage is resumable: run it again and it continues from its last
 # checkpoint (every 50 steps), reusing prepared samples; after its last step it only exports its folder again.
