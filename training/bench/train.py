@@ -21,9 +21,9 @@ __all__ = ["LAYOUTS", "bench_train"]
 LAYOUTS = ("contiguous", "channels_last")
 #: Networks timed: the shipped low-dose model, the Bone-style comparison and the zero-dose model.
 NETWORKS = ("ce-lowdose-v1", "ce-lowdose-direct-v1", "ce-zerodose-v1")
-#: A condition inside the training range (dose, field strength T, r1, sigma, and the voxel size in mm for networks
-#: that take it).
-_CONDITION = (0.2, 3.0, 4.5, 0.05, 1.0)
+#: A condition inside the training range (dose, field strength T, r1, sigma, and for networks that take them the
+#: voxel size in mm and the inversion preparation, 1 = MPRAGE).
+_CONDITION = (0.2, 3.0, 4.5, 0.05, 1.0, 1.0)
 
 
 def _step_seconds(config: Any, layout: str, *, patch: int, batch: int, repeats: int) -> tuple[float, float]:
