@@ -114,10 +114,7 @@ def inversion_prepared(ds: Dataset) -> bool | None:
     None when the header says neither the scanning sequence nor an inversion time.
     """
     scanning = _scanning_sequence(ds)
-    inversion = lookup(ds, "InversionTime")
-    if inversion is None:
-        times = lookup(ds, "InversionTimes")
-        inversion = times[0] if isinstance(times, list) and times else times
+    inversion = _inversion_time(ds)
     try:
         inverted = inversion is not None and float(inversion) > 0
     except (TypeError, ValueError):
@@ -125,6 +122,15 @@ def inversion_prepared(ds: Dataset) -> bool | None:
     if "IR" in scanning or inverted:
         return True
     return False if scanning else None
+
+
+def _inversion_time(ds: Dataset) -> Any:
+    """InversionTime, else the first of an Enhanced MR header's InversionTimes (None when neither is given)."""
+    inversion = lookup(ds, "InversionTime")
+    if inversion is None:
+        times = lookup(ds, "InversionTimes")
+        inversion = times[0] if isinstance(times, list) and times else times
+    return inversion
 
 
 def _scanning_sequence(ds: Dataset) -> list[str]:
@@ -280,10 +286,7 @@ def series_features(series: Series, *, normalized_markers: Sequence[str] = ("NOR
     )
     echo = lookup(ds, "EchoTime")
     features["EchoTime"] = echo if echo is not None else lookup(ds, "EffectiveEchoTime")
-    inversion = lookup(ds, "InversionTime")
-    if inversion is None:
-        times = lookup(ds, "InversionTimes")
-        inversion = times[0] if isinstance(times, list) and times else times
+    inversion = _inversion_time(ds)
     features["InversionTime"] = inversion if inversion not in (0, 0.0) else None
     features["SequenceName"] = lookup(ds, "SequenceName") or lookup(ds, "PulseSequenceName")
     features["ScanningSequence"] = _scanning_sequence(ds)
