@@ -227,14 +227,21 @@ class PostprocessSpec(_LaterFields):
         variance is about halved; the weight of x_LD falls linearly to 0 as y rises to the enhancement threshold,
         so the low dose's own contrast is not added twice. Without it (every model before issue 12's 1.3.0) the
         synthetic image is x_PC + y and keeps x_PC's noise voxel for voxel.
+    gate_below_threshold:
+        The contrast added to the image is y * clip(y / threshold, 0, 1) instead of y: at and above the enhancement
+        threshold nothing changes; below it, where y is mostly the network's own noise (y >= 0, so that noise can
+        only brighten and its mean is a false enhancement of the whole brain), the contrast fades quadratically to
+        0. With ``average_low_dose`` the two weights sum to 1, so below the threshold the image moves smoothly to
+        the mean of x_PC and x_LD. The enhancement mask is unchanged (it is y above the threshold).
     """
 
     threshold_sigma: float = Field(default=3.0, gt=0.0)
     min_voxels: int = Field(default=3, ge=1)
     clip_negative: bool = True
     average_low_dose: bool = False
+    gate_below_threshold: bool = False
 
-    _ADDED_LATER: ClassVar[tuple[str, ...]] = ("average_low_dose",)
+    _ADDED_LATER: ClassVar[tuple[str, ...]] = ("average_low_dose", "gate_below_threshold")
 
 
 class ModelManifest(_Strict):

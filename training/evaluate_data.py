@@ -133,6 +133,24 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def _same_postprocess(run_dir: Path, model: str, models_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` applied the post-processing the manifest asks for now.
+
+    Runs are kept per model file (sha256), but the post-processing switches live in the manifest: a run made before
+    one was turned on must not be scored as if it had it. A switch the run's report does not name was off.
+    """
+    from operators.model_manifest import load_manifest
+
+    report = json.loads((run_dir / "report.json").read_text())
+    done = ((report.get("extra") or {}).get("postprocess")) or {}
+    wanted = load_manifest(models_dir, model, verify=False).postprocess
+    return all(bool(done.get(name, False)) == getattr(wanted, name) for name in _POSTPROCESS_SWITCHES)
+
+
+#: Post-processing switches of the manifest that change the synthetic image without changing the model file.
+_POSTPROCESS_SWITCHES = ("average_low_dose", "gate_below_threshold")
+
+
 @functools.lru_cache(maxsize=4)
 def _pipeline(model: str, models_dir: Path) -> Pipeline:
     from app.config import load_settings
@@ -155,7 +173,8 @@ def ensure_pipeline_run(dicom_dir: Path, run_dir: Path, *, model: str, models_di
     """
     if (run_dir / "report.json").is_file():
         summary = _run_summary(run_dir)
-        if summary["status"] == "ok" and summary["synthetic_dir"] and Path(summary["synthetic_dir"]).is_dir():
+        good = summary["status"] == "ok" and summary["synthetic_dir"] and Path(summary["synthetic_dir"]).is_dir()
+        if good and _same_postprocess(run_dir, model, models_dir):
             return {**summary, "cached": True}
     if run_dir.exists():
         shutil.rmtree(run_dir)

@@ -36,6 +36,12 @@ def _mode_text(manifest: ModelManifest) -> str:
             "(x_PC + y + w (x_LD - x_PC) / 2, w falling from 1 at y = 0 to 0 at the threshold): two acquisitions of "
             "the same unenhanced tissue, about half the noise variance"
         )
+    if manifest.postprocess.gate_below_threshold:
+        text += (
+            "; below the enhancement threshold the contrast added is y * y / threshold (faded to 0), so that the "
+            "network's noise, which a non-negative output can only turn into brightening, does not enhance the "
+            "whole brain"
+        )
     return text
 
 

@@ -367,7 +367,8 @@ class TestSameAsBefore:
     the report gained ``extra/postprocess/average_low_dose`` and the model-dependent figures changed. They were
     regenerated again from ce-lowdose-v1 1.5.0 (issue 12): new weights and error model, the same manifest otherwise;
     and from ce-lowdose-v1 1.10.0 (issue 12): new weights and error model, the voxel size in the condition; and from
-    ce-lowdose-v1 1.12.0 (issue 12): new weights and error model, the T1 sequence in the condition.
+    ce-lowdose-v1 1.12.0 (issue 12): new weights and error model, the T1 sequence in the condition. The report
+    golden then gained ``extra/postprocess/gate_below_threshold`` (false for 1.12.0; issue 12): no pixel changed.
     """
 
     def test_pixel_data_is_byte_for_byte_the_same(self, map_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

@@ -17,6 +17,7 @@ from operators.postprocess import (
     brain_region,
     contrast_signal,
     enhancement_mask,
+    gate_below_threshold,
     postprocess,
 )
 from operators.registration import RegisteredStudy
@@ -229,6 +230,72 @@ class TestLowDoseAverage:
         assert "average_low_dose" not in manifest.to_json()
         on = manifest.postprocess.model_copy(update={"average_low_dose": True})
         assert '"average_low_dose": true' in manifest.model_copy(update={"postprocess": on}).to_json()
+
+
+class TestGateBelowThreshold:
+    """``gate_below_threshold``: contrast below the enhancement threshold fades to 0; above it nothing changes."""
+
+    @staticmethod
+    def _with(normalized: NormalizedInputs, **flags: bool) -> NormalizedInputs:
+        base = normalized.manifest
+        manifest = base.model_copy(update={"postprocess": base.postprocess.model_copy(update=flags)})
+        return NormalizedInputs(**{**normalized.__dict__, "manifest": manifest})
+
+    @staticmethod
+    def _y_hat(shape: tuple[int, ...]) -> np.ndarray:
+        y_hat = np.zeros(shape, np.float32)  # a fine ramp through the threshold and a bright block
+        y_hat[20:30, 20:40, 20:40] = np.linspace(0.0, 0.25, 20, dtype=np.float32)[None, None, :]
+        y_hat[35:40, 25:35, 25:35] = 2.0
+        return y_hat
+
+    def test_the_contrast_added_is_y_times_y_over_threshold_below_it(self, normalized: NormalizedInputs) -> None:
+        gating = self._with(normalized, gate_below_threshold=True)
+        y_hat = self._y_hat(normalized.x_pc.shape)
+        plain = postprocess(_prediction(y_hat, normalized.manifest), normalized)
+        gated = postprocess(_prediction(y_hat, gating.manifest), gating)
+        y = sitk.GetArrayFromImage(plain.enhancement)
+        threshold = gated.threshold
+        assert threshold == plain.threshold > 0
+        added = sitk.GetArrayFromImage(gated.synthetic) - normalized.x_pc
+        above, ramp = y >= threshold, (y > 0) & (y < threshold)
+        assert above.sum() > 100 and ramp.sum() > 100
+        np.testing.assert_allclose(added[above], y[above], rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(added[ramp], (y * y / threshold)[ramp], rtol=1e-4, atol=1e-3)
+        assert (added[ramp] < y[ramp]).all()
+        # the beyond image gets the same contrast; the mask and the enhancement map (the model's y) do not change
+        assert gated.beyond is not None and normalized.x_ld is not None
+        np.testing.assert_allclose(sitk.GetArrayFromImage(gated.beyond) - normalized.x_ld, added, atol=1e-3)
+        np.testing.assert_array_equal(gated.mask, plain.mask)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(gated.enhancement), y)
+        assert gated.params["gate_below_threshold"] is True and plain.params["gate_below_threshold"] is False
+
+    def test_with_the_low_dose_average_the_two_weights_sum_to_one(self, normalized: NormalizedInputs) -> None:
+        both = self._with(normalized, gate_below_threshold=True, average_low_dose=True)
+        result = postprocess(_prediction(self._y_hat(normalized.x_pc.shape), both.manifest), both)
+        assert normalized.x_ld is not None
+        y, t = sitk.GetArrayFromImage(result.enhancement), result.threshold
+        region = brain_region(normalized.brain, (SPACING,) * 3, BRAIN_MARGIN_MM)
+        ramp = (y > 0) & (y < t) & region
+        assert ramp.sum() > 100
+        weight = y / t  # of x_PC + y; 1 - weight of the mean of x_PC and x_LD
+        expected = weight * (normalized.x_pc + y) + (1 - weight) * (normalized.x_pc + normalized.x_ld) / 2
+        np.testing.assert_allclose(sitk.GetArrayFromImage(result.synthetic)[ramp], expected[ramp], rtol=1e-4, atol=1e-2)
+
+    def test_it_removes_most_of_the_bias_of_rectified_noise(self) -> None:
+        # y = max(noise, 0) in unenhanced tissue: mean 0.40 sigma; gated at 3 sigma: E[y^2 / 3 sigma; y > 0] = sigma / 6
+        rng = np.random.default_rng(3)
+        y = np.maximum(rng.normal(0.0, 1.0, 1_000_000), 0.0).astype(np.float32)
+        assert y.mean() == pytest.approx(0.399, abs=0.003)
+        assert gate_below_threshold(y, 3.0).mean() == pytest.approx(1 / 6, abs=0.003)
+        lesion = np.float32([3.0, 5.0, 50.0])
+        np.testing.assert_array_equal(gate_below_threshold(lesion, 3.0), lesion)
+
+    def test_off_by_default_and_absent_from_old_manifests(self) -> None:
+        manifest = ModelManifest.load(BASELINE)
+        assert manifest.postprocess.gate_below_threshold is False
+        assert "gate_below_threshold" not in manifest.to_json()
+        on = manifest.postprocess.model_copy(update={"gate_below_threshold": True})
+        assert '"gate_below_threshold": true' in manifest.model_copy(update={"postprocess": on}).to_json()
 
 
 class TestEnhancementMask:

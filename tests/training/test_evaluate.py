@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -225,6 +226,30 @@ class TestEndToEnd:
         assert again["subjects"][0]["pipeline"]["cached"] is True
         assert again["subjects"][0]["methods"]["model"] == document["subjects"][0]["methods"]["model"]
         assert "model" in result.stdout and "PSNR_B" in result.stdout  # the table, not JSON
+
+    def test_a_run_with_other_post_processing_is_not_reused(
+        self, evaluation: tuple[dict[str, Any], Path], tmp_path: Path
+    ) -> None:
+        # the same model file (so the same run folder) with gate_below_threshold turned on in the manifest
+        document, out = evaluation
+        models = tmp_path / "models"
+        shutil.copytree(REPO / "models" / "ce-baseline-linear", models / "ce-baseline-linear")
+        manifest_file = models / "ce-baseline-linear" / "manifest.json"
+        manifest = json.loads(manifest_file.read_text())
+        manifest["postprocess"]["gate_below_threshold"] = True
+        manifest_file.write_text(json.dumps(manifest))
+        result = _gadsynth(
+            "evaluate", "--model", "ce-baseline-linear", "--models-dir", str(models), "--test-set", "phantom:500-500",
+            "--out", str(tmp_path / "gated"), "--work-dir", str(out / "work"), "--no-report",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        gated = json.loads((tmp_path / "gated" / "evaluation.json").read_text())["subjects"][0]
+        assert gated["pipeline"]["cached"] is False
+        report = json.loads((Path(gated["pipeline"]["run_dir"]) / "report.json").read_text())
+        assert report["extra"]["postprocess"]["gate_below_threshold"] is True
+        # faded contrast below the threshold: less false enhancement in normal brain than the plain run
+        plain = document["subjects"][0]["methods"]["model"]
+        assert gated["methods"]["model"]["fe_normal_pos"] < plain["fe_normal_pos"]
 
 
 class TestSummary:
