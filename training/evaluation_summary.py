@@ -117,14 +117,16 @@ def _by(document: Document, name: str, key: Callable[[Mapping[str, Any]], str]) 
     return rows
 
 
-#: How each column is judged when two models are compared: higher is better, lower is better, or closer to 1.
+#: How each column is judged when two models are compared: higher is better, lower is better, closer to 1, or
+#: closer to 0. False enhancement is a bias: a synthetic image that darkens normal brain on average is as wrong as
+#: one that brightens it, so FE is judged by its size.
 _BETTER: dict[str, str] = {
     "psnr_l": "higher",
     "mae_ce": "lower",
     "c_bar": "one",
     "c_hat": "one",
-    "fe_nonenhancing": "lower",
-    "fe_normal": "lower",
+    "fe_nonenhancing": "zero",
+    "fe_normal": "zero",
     "psnr_b": "higher",
     "ssim_b": "higher",
 }
@@ -146,7 +148,12 @@ def _change_table(new: Document, old: Document, old_label: str) -> list[str]:
             rows.append([header, _fmt(mine), "-", _fmt(theirs), "-", "-"])
             continue
         direction = _BETTER[key]
-        gain = {"higher": mine - theirs, "lower": theirs - mine, "one": abs(theirs - 1.0) - abs(mine - 1.0)}[direction]
+        gain = {
+            "higher": mine - theirs,
+            "lower": theirs - mine,
+            "one": abs(theirs - 1.0) - abs(mine - 1.0),
+            "zero": abs(theirs) - abs(mine),
+        }[direction]
         verdict = "better" if gain > 0 else "same" if gain == 0 else "worse"
         if verdict == "worse" and error is not None:
             verdict = "worse, within SE" if -gain <= error else "**worse by more than SE**"

@@ -304,6 +304,21 @@ class TestSummary:
         row = next(line for line in text.splitlines() if line.startswith("| PSNR_L dB |"))
         assert "**worse by more than SE**" in row and "| -5 |" in row.replace(" ", " ")
 
+    def test_false_enhancement_is_judged_by_its_size(self, evaluation: tuple[dict[str, Any], Path]) -> None:
+        # normal brain darkened by as much as the other model brightens it is no better: FE is a bias either way
+        document, out = evaluation
+
+        def with_fe(value: float) -> dict[str, Any]:
+            changed = copy.deepcopy(document)
+            for subject in changed["subjects"]:
+                subject["methods"]["model"]["fe_normal"] = value
+            return changed
+
+        for mine, theirs, verdict in ((-0.01, 0.01, "same"), (-0.02, 0.01, "worse"), (-0.005, 0.01, "better")):
+            text = summary_markdown({**with_fe(mine), "_path": str(out)}, compare={"other": {**with_fe(theirs)}})
+            row = next(line for line in text.splitlines() if line.startswith("| FE normal |"))
+            assert verdict in row.split("|")[-2], (mine, theirs, row)
+
     def test_a_compared_model_can_be_named(self, evaluation: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
         """NAME=FOLDER shows NAME instead of the model's name and version (a candidate that was not released)."""
         _, out = evaluation
