@@ -81,6 +81,9 @@ def _fill_from_results(report: PipelineReport, results: StageResults) -> None:
     normalized = results.normalized
     if normalized is not None and normalized.noise_sigma_source is not None:
         report.noise = schema.NoiseEstimate(sigma=normalized.noise_sigma_source, **_noise_extras(normalized.params))
+    if normalized is not None and normalized.params.get("condition"):
+        # what the model was told about the study (dose, field, r1, noise, grid, sequence) and where each came from
+        report.extra["condition"] = normalized.params["condition"]
     if results.assessment is not None:
         report.extra["ood"] = results.assessment.to_dict()
     prediction = results.prediction

@@ -67,6 +67,12 @@ class TestSuccessfulRun:
         assert report["noise"]["sigma"] > 0
         assert "t1_low_dose" in report["registration"]
         assert (out / "preview.png").stat().st_size > 10_000
+        # the condition the model was given, feature by feature with its source
+        condition = report["extra"]["condition"]
+        assert list(condition) == ["dose", "field_strength_t", "r1", "sigma", "voxel_mm", "inversion_prepared"]
+        assert condition["dose"]["source"] == "header" and 0.1 <= condition["dose"]["value"] <= 0.34
+        assert condition["dose"]["value"] == pytest.approx(report["contrast"]["t1_low_dose"]["dose"])
+        assert condition["inversion_prepared"]["value"] in (0.0, 1.0) and condition["voxel_mm"]["source"] == "grid"
 
     def test_synthetic_series_matches_t1_pre(
         self, phantom: PhantomStudy, map_run: tuple[Path, subprocess.CompletedProcess[str]]
@@ -368,7 +374,8 @@ class TestSameAsBefore:
     regenerated again from ce-lowdose-v1 1.5.0 (issue 12): new weights and error model, the same manifest otherwise;
     and from ce-lowdose-v1 1.10.0 (issue 12): new weights and error model, the voxel size in the condition; and from
     ce-lowdose-v1 1.12.0 (issue 12): new weights and error model, the T1 sequence in the condition. The report
-    golden then gained ``extra/postprocess/gate_below_threshold`` (false for 1.12.0; issue 12): no pixel changed.
+    golden then gained ``extra/postprocess/gate_below_threshold`` (false for 1.12.0; issue 12) and
+    ``extra/condition`` (the condition vector, feature by feature with its source): no pixel changed.
     """
 
     def test_pixel_data_is_byte_for_byte_the_same(self, map_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
