@@ -15,8 +15,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TRAINING_DATA = (
     "Synthetic phantoms only. Every training subject was simulated by GadSynth's own phantom generator "
-    "(`training/phantom`: MNI152-based anatomy, spoiled gradient-echo signal model, gadolinium T1 shortening, "
-    "simulated lesions, noise and motion). No real patient images were used to train this model."
+    "(`training/phantom`: MNI152-based anatomy, spoiled gradient-echo and inversion-prepared (MPRAGE) signal "
+    "models, gadolinium T1 shortening, simulated lesions, noise and motion). No real patient images were used to "
+    "train this model."
 )
 
 _MODE_TEXT = {
