@@ -179,8 +179,10 @@ def differential_manifest_fields(
         "patch_overlap": patch_overlap,
         "spatial_divisor": spatial_divisor,
         "target": TrainingTarget(sigmoid_w=w, sigmoid_b=b),
-        # unenhanced tissue: the mean of x_PC and x_LD (half the noise variance), since ce-lowdose-v1 1.3.0
-        "postprocess": PostprocessSpec(average_low_dose=True),
+        # unenhanced tissue: the mean of x_PC and x_LD (half the noise variance), since ce-lowdose-v1 1.3.0; the
+        # contrast faded below the enhancement threshold (no brightening of the whole brain by the noise of a
+        # non-negative output), since 1.13.0
+        "postprocess": PostprocessSpec(average_low_dose=True, gate_below_threshold=True),
     }
 
 

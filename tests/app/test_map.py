@@ -375,7 +375,9 @@ class TestSameAsBefore:
     and from ce-lowdose-v1 1.10.0 (issue 12): new weights and error model, the voxel size in the condition; and from
     ce-lowdose-v1 1.12.0 (issue 12): new weights and error model, the T1 sequence in the condition. The report
     golden then gained ``extra/postprocess/gate_below_threshold`` (false for 1.12.0; issue 12) and
-    ``extra/condition`` (the condition vector, feature by feature with its source): no pixel changed.
+    ``extra/condition`` (the condition vector, feature by feature with its source): no pixel changed. Both were
+    regenerated from ce-lowdose-v1 1.13.0 (issue 12): 1.12.0's weights with ``gate_below_threshold`` on and a
+    refitted error model, so the synthetic and uncertainty series changed.
     """
 
     def test_pixel_data_is_byte_for_byte_the_same(self, map_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

@@ -150,6 +150,8 @@ class TestSmokeTrainAndExport:
         assert manifest.condition.features == ["dose", "field_strength_t", "r1", "sigma"]
         assert manifest.output.scale == OutputScale.LOCAL_STD and manifest.output.nonnegative
         assert manifest.output.gamma == 1.05
+        # a new low-dose model averages unenhanced tissue with x_LD and fades its contrast below the threshold
+        assert manifest.postprocess.average_low_dose and manifest.postprocess.gate_below_threshold
         assert manifest.spatial_divisor == 8
         assert manifest.target is not None
         w, b = manifest.target.sigmoid_w, manifest.target.sigmoid_b

@@ -17,7 +17,7 @@
 #   f  (ce-lowdose-v1 1.10.0) the same again from e
 # ce-lowdose-v1 1.12.0 is 1.10.0 with one more such stage (the T1 sequence added to its condition, which again has
 # no counterpart here); stage g repeats it for this model (2.2.0: exactly 1.12.0's budget):
-#   g  (ce-lowdose-v1 1.12.0) the same again from f (trained, sha256 728d21977146, kept in git; not yet evaluated)
+#   g  (ce-lowdose-v1 1.12.0) the same again from f (released as 2.2.0, sha256 728d21977146, kept in git)
 # The target is the unclipped one (--target-max 4; 1.0.0 clipped x_SD at the pre-contrast's p99.5), so the output
 # range changes: a new major version. Every stage is resumable: run it again and it continues from its last
 # checkpoint (every 50 steps), reusing prepared samples; after its last step it only exports its folder again.
@@ -25,7 +25,7 @@
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh all          # a to g, each continued where it stopped (done: skipped)
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh keep d       # d's model folder into git (KEPT), for a later machine
 #   training/runs/ce-lowdose-direct-v1-2.0.0.sh prepare [d]  # all stages' (or d's) samples first, two processes
-#   training/runs/ce-lowdose-direct-v1-2.0.0.sh evaluate     # STAGE's model (default f: 2.1.0), main and 4 mm sets
+#   training/runs/ce-lowdose-direct-v1-2.0.0.sh evaluate     # STAGE's model (default g: 2.2.0), main and 4 mm sets
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=.venv/bin
@@ -105,7 +105,8 @@ case "${1:-}" in
      prep "${CD[@]}" "${D_OWN[@]}") &
     wait ;;
   evaluate)
-    new=($BIN/gadsynth evaluate --model "$NAME" --models-dir "$STAGES/out-${STAGE:-f}")
+    restore "${STAGE:-g}"  # from the copy kept in git when this machine did not train it
+    new=($BIN/gadsynth evaluate --model "$NAME" --models-dir "$STAGES/out-${STAGE:-g}")
     dest=${DEST:-evaluation/$NAME}
     "${new[@]}" --test-set phantom:1000-1011 --size full --work-dir var/eval/work-full --out "$dest"
     "${new[@]}" --test-set phantom:1000-1023 --size small --work-dir var/eval/work --examples 1 --out "$dest/small-4mm" ;;
