@@ -21,6 +21,7 @@ from training.phantom.options import ALL_ROLES, OPTIONAL_ROLES
 
 if TYPE_CHECKING:
     from app.pipeline import Pipeline
+    from operators.model_manifest import PostprocessSpec
     from training.evaluate import EvaluationConfig
 
 __all__ = [
@@ -136,19 +137,30 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
 def _same_postprocess(run_dir: Path, model: str, models_dir: Path) -> bool:
     """Whether the run in ``run_dir`` applied the post-processing the manifest asks for now.
 
-    Runs are kept per model file (sha256), but the post-processing switches live in the manifest: a run made before
-    one was turned on must not be scored as if it had it. A switch the run's report does not name was off.
+    Runs are kept per model file (sha256), but the post-processing settings live in the manifest: a run made before
+    one was changed must not be scored as if it had it. Every setting the run's report records is compared; a
+    setting added to the manifest after that report was written (``_ADDED_LATER``) had its default then.
     """
-    from operators.model_manifest import load_manifest
-
     report = json.loads((run_dir / "report.json").read_text())
     done = ((report.get("extra") or {}).get("postprocess")) or {}
-    wanted = load_manifest(models_dir, model, verify=False).postprocess
-    return all(bool(done.get(name, False)) == getattr(wanted, name) for name in _POSTPROCESS_SWITCHES)
+    wanted = _postprocess_spec(model, models_dir)
+    for name, field in type(wanted).model_fields.items():
+        if name in done:
+            recorded = done[name]
+        elif name in wanted._ADDED_LATER:
+            recorded = field.default
+        else:
+            continue  # not recorded in report.json (clip_negative)
+        if recorded != getattr(wanted, name):
+            return False
+    return True
 
 
-#: Post-processing switches of the manifest that change the synthetic image without changing the model file.
-_POSTPROCESS_SWITCHES = ("average_low_dose", "gate_below_threshold")
+@functools.lru_cache(maxsize=4)
+def _postprocess_spec(model: str, models_dir: Path) -> PostprocessSpec:
+    from operators.model_manifest import load_manifest
+
+    return load_manifest(models_dir, model, verify=False).postprocess
 
 
 @functools.lru_cache(maxsize=4)

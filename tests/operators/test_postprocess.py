@@ -164,6 +164,15 @@ class TestUndo:
             contrast_signal(_prediction(np.zeros_like(normalized.x_pc), manifest), local)
 
 
+@pytest.mark.parametrize("switch", ["average_low_dose", "gate_below_threshold"])
+def test_switch_off_by_default_and_absent_from_old_manifests(switch: str) -> None:
+    manifest = ModelManifest.load(BASELINE)
+    assert getattr(manifest.postprocess, switch) is False
+    assert switch not in manifest.to_json()
+    on = manifest.postprocess.model_copy(update={switch: True})
+    assert f'"{switch}": true' in manifest.model_copy(update={"postprocess": on}).to_json()
+
+
 class TestLowDoseAverage:
     """``average_low_dose``: unenhanced tissue becomes the mean of x_PC and x_LD; enhancement stays x_PC + y."""
 
@@ -224,13 +233,6 @@ class TestLowDoseAverage:
         assert plain.beyond is not None and averaged.beyond is not None
         np.testing.assert_array_equal(sitk.GetArrayFromImage(averaged.beyond), sitk.GetArrayFromImage(plain.beyond))
 
-    def test_off_by_default_and_absent_from_old_manifests(self) -> None:
-        manifest = ModelManifest.load(BASELINE)
-        assert manifest.postprocess.average_low_dose is False
-        assert "average_low_dose" not in manifest.to_json()
-        on = manifest.postprocess.model_copy(update={"average_low_dose": True})
-        assert '"average_low_dose": true' in manifest.model_copy(update={"postprocess": on}).to_json()
-
 
 class TestGateBelowThreshold:
     """``gate_below_threshold``: contrast below the enhancement threshold fades to 0; above it nothing changes."""
@@ -289,13 +291,6 @@ class TestGateBelowThreshold:
         assert gate_below_threshold(y, 3.0).mean() == pytest.approx(1 / 6, abs=0.003)
         lesion = np.float32([3.0, 5.0, 50.0])
         np.testing.assert_array_equal(gate_below_threshold(lesion, 3.0), lesion)
-
-    def test_off_by_default_and_absent_from_old_manifests(self) -> None:
-        manifest = ModelManifest.load(BASELINE)
-        assert manifest.postprocess.gate_below_threshold is False
-        assert "gate_below_threshold" not in manifest.to_json()
-        on = manifest.postprocess.model_copy(update={"gate_below_threshold": True})
-        assert '"gate_below_threshold": true' in manifest.model_copy(update={"postprocess": on}).to_json()
 
 
 class TestEnhancementMask:
